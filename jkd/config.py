@@ -1,0 +1,122 @@
+"""Defaults shared by every recipe, and the start-up checks that turn bad configs into clear errors.
+
+Recipes (configs/*.py) start from `base_config()` and change what they need. Every field has a
+default and a one-line comment here; `validate(config)` runs before anything is built or compiled.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from jkd.errors import ConfigError
+from jkd.models import check_model
+
+TRAINERS = ("supervised", "distill", "quickstart")
+
+
+def model_config(name: str, **kwargs) -> ml_collections.ConfigDict:
+    """A model entry: registry name + family options (e.g. stem_stride, drop_path_rate)."""
+    return ml_collections.ConfigDict({"name": name, "kwargs": kwargs})
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.trainer = "supervised"        # supervised | distill | quickstart
+    c.seed = 0                      # init, data order, augmentation
+    c.dtype = "float32"             # compute dtype (params stay fp32); bfloat16 on accelerators
+    c.steps = 1000                  # optimizer steps
+    c.batch_size = 128              # global batch, split over all data-parallel devices
+    c.eval_batch_size = 256         # global eval batch (padded at the end of the eval set)
+    c.label_smoothing = 0.0         # on the label CE term
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "digits"          # 'digits' (bundled with scikit-learn) or any TFDS image dataset
+    c.data.image_size = 16          # side of the square model input, px
+    c.data.channels = 1             # 1 or 3 (converted from the source)
+    c.data.mean = 0.5               # input normalisation: (x - mean) / std on [0, 1] pixels
+    c.data.std = 0.5
+    c.data.train_split = "train"    # TFDS split names (digits: train/test fixed)
+    c.data.eval_split = "test"
+    c.data.data_dir = ""            # TFDS data_dir ('' = TFDS default)
+    c.data.labelled_fraction = 1.0  # digits: stratified fraction of train labels the CE term may use
+    c.data.labelled_seed = 0        # which subset (fixed across run seeds)
+    c.data.labelled_only = False    # train only on the labelled subset (label-only baselines)
+
+    c.augment = ml_collections.ConfigDict()
+    c.augment.crop_scale = (0.5, 1.0)  # random-resized-crop area range; None = no crop
+    c.augment.flip = False             # horizontal flips (off for digits: a flipped 3 is no 3)
+    c.augment.mixup_alpha = 0.0        # Beta(alpha, alpha) mixup on every batch; 0 = off
+
+    c.model = model_config("vit_femto4")  # supervised: the model to train
+    c.students = ml_collections.ConfigDict()  # distill: {name: model_config(...)} trained together
+
+    c.teacher = ml_collections.ConfigDict()
+    c.teacher.checkpoint = ""       # teacher workdir (latest step) or <workdir>/checkpoints/<step>
+    c.teacher.model_key = ""        # which model of a multi-model teacher run ('' = the only one)
+
+    c.kd = ml_collections.ConfigDict()
+    c.kd.temperature = 4.0          # Hinton T (the KL term is scaled by T^2)
+    c.kd.weight = 0.9               # loss = weight * KD + (1 - weight) * CE(labelled examples)
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adamw"      # adamw | sgd
+    c.optimizer.lr = 1e-3           # peak learning rate
+    c.optimizer.warmup_steps = 100  # linear warm-up, then cosine decay to final_lr_ratio * lr
+    c.optimizer.final_lr_ratio = 0.0
+    c.optimizer.weight_decay = 0.05  # decoupled, on matrices/kernels only
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.grad_clip = 1.0     # global-norm clipping; 0 = off
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1                # data-parallel axis size (-1 = all remaining devices)
+    c.mesh.fsdp = 1                 # params/optimizer/teacher split along this axis
+    c.mesh.min_shard_size = 2 ** 14  # arrays with fewer elements stay replicated
+
+    c.log_every = 50                # train metrics to metrics.jsonl
+    c.eval_every = 0                # intermediate evals (0 = only at the end)
+    c.checkpoint_every = 500        # async checkpoint interval (also saved at the last step)
+    c.keep_checkpoints = 2          # how many steps to keep on disk
+    c.progress = True               # tqdm progress bar
+    return c
+
+
+def _check_model_entry(entry, image_size: int, field: str) -> None:
+    check_model(entry.name, image_size=image_size, field=field, **dict(entry.get("kwargs", {})))
+
+
+def _positive(config, *fields) -> None:
+    for f in fields:
+        value = config
+        for part in f.split("."):
+            value = value[part]
+        if not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"config.{f}: must be a positive integer, got {value!r}")
+
+
+def validate(config) -> None:
+    """Cheap checks of the fields every trainer uses; raises ConfigError naming the field."""
+    if config.trainer not in TRAINERS:
+        raise ConfigError(f"config.trainer: unknown trainer {config.trainer!r} (known: {', '.join(TRAINERS)})")
+    _positive(config, "steps", "batch_size", "eval_batch_size", "log_every", "checkpoint_every",
+              "keep_checkpoints", "data.image_size")
+    if config.data.channels not in (1, 3):
+        raise ConfigError(f"config.data.channels: must be 1 or 3, got {config.data.channels!r}")
+    if config.dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"config.dtype: must be float32, bfloat16 or float16, got {config.dtype!r}")
+    scale = config.augment.crop_scale
+    if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
+        raise ConfigError(f"config.augment.crop_scale: need (min, max) with 0 < min <= max <= 1, got {scale!r}")
+    if config.augment.mixup_alpha < 0:
+        raise ConfigError(f"config.augment.mixup_alpha: must be >= 0, got {config.augment.mixup_alpha}")
+    if not 0.0 <= config.kd.weight <= 1.0:
+        raise ConfigError(f"config.kd.weight: must be in [0, 1], got {config.kd.weight}")
+    if config.kd.temperature <= 0:
+        raise ConfigError(f"config.kd.temperature: must be > 0, got {config.kd.temperature}")
+    size = config.data.image_size
+    if config.trainer == "supervised":
+        _check_model_entry(config.model, size, "config.model")
+    if config.trainer == "distill":
+        if not config.students:
+            raise ConfigError("config.students: a distill run needs at least one student")
+        for name, entry in config.students.items():
+            _check_model_entry(entry, size, f"config.students.{name}")

@@ -1,0 +1,54 @@
+"""Command line: run a recipe.
+
+    python -m jkd.main --config configs/quickstart.py --workdir /tmp/jkd_quickstart
+    python -m jkd.main --config configs/quickstart.py --workdir DIR --config.seed=1 --config.steps=300
+
+The config's `trainer` field picks the trainer. Mistakes in the config or inputs are printed to
+stderr without a traceback and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jkd.errors import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file: configs/<recipe>.py[:arg].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go (resumes if present).")
+
+
+def run(config, workdir: str) -> dict:
+    """Dispatch to the trainer named by config.trainer; returns its summary."""
+    from jkd.config import validate
+
+    validate(config)
+    if config.trainer == "supervised":
+        from jkd.train.supervised import train_supervised
+        return train_supervised(config, workdir)
+    if config.trainer == "distill":
+        from jkd.train.distill import train_distill
+        return train_distill(config, workdir)
+    from jkd.train.quickstart import run_quickstart
+    return run_quickstart(config, workdir)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None:
+        raise app.UsageError("--config is required, e.g. --config configs/quickstart.py")
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+    try:
+        run(_CONFIG.value, _WORKDIR.value)
+    except ConfigError as e:
+        print(f"jkd: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

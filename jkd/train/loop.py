@@ -1,0 +1,135 @@
+"""The one training loop behind every trainer: mesh, sharded init or resume, compiled step, eval,
+JSON-lines metrics, progress bar, async checkpoints, summary.
+
+    summary = fit(config, workdir, specs={'vit': ModelSpec(...)}, data=data, teacher=None)
+
+Everything that can be wrong in the config is checked before anything is compiled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jkd import checkpoint, sharding
+from jkd.models import count_params
+from jkd.train.state import TrainState, graphdef_and_shapes, init_params, learning_rate, make_optimizer
+from jkd.train.step import make_eval_step, make_train_step
+
+
+def _log(workdir: str, record: dict) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def evaluate(eval_step, params, data, mesh, teacher_params=None) -> dict:
+    """Accuracy (and teacher agreement / KL when a teacher is given) over the whole eval set."""
+    totals: dict = {}
+    for batch in data.eval_batches():
+        out = eval_step(params, sharding.put_batch(batch, mesh), teacher_params)
+        for k, v in out.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    count = totals.pop("count")
+    metrics = {}
+    for k, v in totals.items():
+        name, what = k.split("/")
+        metrics[f"{name}/" + {"correct": "accuracy", "agree": "teacher_agreement", "kl": "teacher_kl"}[what]] = v / count
+    return metrics
+
+
+def fit(config, workdir: str, *, specs: dict, data, teacher=None, desc: str = "train", devices=None):
+    """Train models {name: ModelSpec} on `data` (optionally distilling from teacher =
+    (spec, graphdef, params)); resume from <workdir>/checkpoints if present.
+
+    devices: the devices of the mesh (default: all). Returns (summary, final TrainState); the
+    summary is also written to <workdir>/summary.json.
+    """
+    t_start = time.time()
+    mesh = sharding.make_mesh(config.mesh, devices)
+    sharding.check_batch_size(config.batch_size, mesh)
+    sharding.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
+    checkpoint.check_workdir_compatible(workdir, specs)
+    txs = {name: make_optimizer(config.optimizer, config.steps) for name in specs}
+    graphdefs, shapes = {}, {}
+    for name, spec in specs.items():
+        graphdefs[name], shapes[name] = graphdef_and_shapes(spec)
+    checkpoint.write_run_info(workdir, {
+        "trainer": config.trainer, "models": {k: v.to_json() for k, v in specs.items()},
+        "teacher": teacher[0].to_json() if teacher else None, "config": json.loads(config.to_json_best_effort())})
+
+    # Abstract state -> shardings -> sharded init (or restore into that layout).
+    def init_fn():
+        params = {name: init_params(spec, config.seed) for name, spec in specs.items()}
+        return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), rng=jax.random.PRNGKey(config.seed),
+                          params=params, opt_state={n: txs[n].init(p) for n, p in params.items()})
+
+    abstract = jax.eval_shape(init_fn)
+    state_sh = sharding.tree_shardings(abstract, mesh, config.mesh.min_shard_size)
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, state_sh)
+    manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
+    state = checkpoint.restore_latest(manager, abstract)
+    resumed_from = None if state is None else int(state.step)
+    if state is None:
+        state = jax.jit(init_fn, out_shardings=state_sh)()
+
+    teacher_graphdef = teacher_params = teacher_sh = None
+    if teacher is not None:
+        _, teacher_graphdef, teacher_params = teacher
+        teacher_sh = sharding.tree_shardings(teacher_params, mesh, config.mesh.min_shard_size)
+        teacher_params = jax.device_put(teacher_params, teacher_sh)
+    schedules = {n: (lambda s: learning_rate(config.optimizer, config.steps, s)) for n in specs}
+    step_fn = make_train_step(graphdefs, txs, num_classes=data.num_classes, augment_cfg=config.augment,
+                              kd_cfg=config.get("kd") if teacher else None, teacher_graphdef=teacher_graphdef,
+                              label_smoothing=config.label_smoothing, schedules=schedules)
+    batch_sh = sharding.batch_sharding(mesh)
+    repl = sharding.replicated(mesh)
+    train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, teacher_sh), out_shardings=(state_sh, repl),
+                         donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(graphdefs, teacher_graphdef),
+                        in_shardings=(state_sh.params, batch_sh, teacher_sh), out_shardings=repl)
+
+    start = int(state.step)
+    bar = tqdm(total=config.steps, initial=start, desc=desc, disable=jax.process_index() != 0 or not config.progress,
+               dynamic_ncols=True, leave=False)
+    t_train = time.time()
+    for step in range(start, config.steps):
+        batch = sharding.put_batch(data.train_batch(step), mesh)
+        state, metrics = train_step(state, batch, teacher_params)
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            _log(workdir, {"step": done, "split": "train", **metrics})
+            bar.set_postfix({k.replace("/loss", ""): f"{v:.3f}" for k, v in metrics.items() if k.endswith("/loss")})
+        if config.eval_every and done % config.eval_every == 0 and done != config.steps:
+            _log(workdir, {"step": done, "split": "eval",
+                           **evaluate(eval_step, state.params, data, mesh, teacher_params)})
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            checkpoint.save(manager, state)
+        bar.update(1)
+    bar.close()
+    train_seconds = time.time() - t_train
+    final = evaluate(eval_step, state.params, data, mesh, teacher_params)
+    manager.wait_until_finished()
+    manager.close()
+    _log(workdir, {"step": int(state.step), "split": "eval", **final})
+
+    summary = {
+        "workdir": os.path.abspath(workdir), "steps": int(state.step), "resumed_from": resumed_from,
+        "wall_time_s": time.time() - t_start, "train_loop_s": train_seconds,
+        "devices": len(mesh.devices.flat), "mesh": dict(mesh.shape),
+        "models": {name: {"model": specs[name].name, "params": count_params(shapes[name]),
+                          **{k.split("/")[1]: v for k, v in final.items() if k.startswith(name + "/")}}
+                   for name in specs},
+    }
+    if teacher is not None:
+        summary["teacher"] = {"model": teacher[0].name, "params": count_params(teacher_params),
+                              "accuracy": final.get("teacher/accuracy")}
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary, state

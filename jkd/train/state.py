@@ -1,0 +1,120 @@
+"""Train state pytree, model specs and optimizers.
+
+A run trains one or more models ("students"; a supervised run is one student without a teacher),
+each with its own params and optimizer state, sharing the step counter, the rng and every batch:
+
+    TrainState(step=int32[], rng=uint32[2], params={name: params}, opt_state={name: optax state})
+
+Params are plain nested dicts of fp32 arrays (nnx `State.to_pure_dict()`), so the state is an
+ordinary pytree for jit, optax and orbax; `apply_model` merges them with the static graphdef.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jkd.errors import ConfigError
+from jkd.models import create_model
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    rng: jax.Array
+    params: dict
+    opt_state: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model: written to <workdir>/run.json, compared on resume."""
+    name: str
+    num_classes: int
+    image_size: int
+    in_channels: int
+    kwargs: tuple = ()  # sorted (key, value) pairs, hashable
+    dtype: str = "float32"
+
+    def build(self, seed: int = 0) -> nnx.Module:
+        return create_model(self.name, num_classes=self.num_classes, image_size=self.image_size,
+                            in_channels=self.in_channels, dtype=self.dtype, seed=seed, **dict(self.kwargs))
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["kwargs"] = dict(self.kwargs)
+        return d
+
+    @staticmethod
+    def from_json(d: dict) -> "ModelSpec":
+        return ModelSpec(**{**d, "kwargs": tuple(sorted(d.get("kwargs", {}).items()))})
+
+    def architecture(self) -> dict:
+        """The fields that decide the parameter shapes (compute dtype excluded)."""
+        d = self.to_json()
+        d.pop("dtype")
+        return d
+
+
+def graphdef_and_shapes(spec: ModelSpec):
+    """(graphdef, params as ShapeDtypeStructs) without allocating anything."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: spec.build()))
+    return graphdef, state.to_pure_dict()
+
+
+def init_params(spec: ModelSpec, seed: int) -> dict:
+    """Fresh params (pure dict). Jit this with out_shardings to initialise directly sharded."""
+    return nnx.split(spec.build(seed))[1].to_pure_dict()
+
+
+def apply_model(graphdef, params: dict, images: jax.Array, key: jax.Array | None = None,
+                return_features: bool = False):
+    """Forward pass: images [B, H, W, C] -> logits [B, K] (or the model's feature dict)."""
+    return nnx.merge(graphdef, params)(images, key=key, return_features=return_features)
+
+
+def make_optimizer(opt_cfg, total_steps: int, field: str = "config.optimizer") -> optax.GradientTransformation:
+    """Gradient clipping + AdamW/SGD on a linear-warmup cosine schedule.
+
+    Weight decay applies to matrices and kernels only (ndim >= 2), not to biases, norms, tokens'
+    1-d parameters.
+    """
+    if opt_cfg.warmup_steps >= total_steps:
+        raise ConfigError(f"{field}.warmup_steps: {opt_cfg.warmup_steps} must be < the {total_steps} train steps")
+    if opt_cfg.lr <= 0:
+        raise ConfigError(f"{field}.lr: must be > 0, got {opt_cfg.lr}")
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=opt_cfg.lr, warmup_steps=opt_cfg.warmup_steps, decay_steps=total_steps,
+        end_value=opt_cfg.lr * opt_cfg.get("final_lr_ratio", 0.0))
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    if opt_cfg.name == "adamw":
+        base = optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, weight_decay=opt_cfg.weight_decay,
+                           mask=decay_mask)
+    elif opt_cfg.name == "sgd":
+        base = optax.chain(optax.add_decayed_weights(opt_cfg.weight_decay, mask=decay_mask),
+                           optax.sgd(schedule, momentum=opt_cfg.get("momentum", 0.9), nesterov=True))
+    else:
+        raise ConfigError(f"{field}.name: unknown optimizer {opt_cfg.name!r} (known: adamw, sgd)")
+    chain = [optax.clip_by_global_norm(opt_cfg.grad_clip)] if opt_cfg.grad_clip else []
+    return optax.chain(*chain, base)
+
+
+def learning_rate(opt_cfg, total_steps: int, step) -> jax.Array:
+    """The schedule's value at `step` (for logging)."""
+    return optax.warmup_cosine_decay_schedule(
+        0.0, opt_cfg.lr, opt_cfg.warmup_steps, total_steps, opt_cfg.lr * opt_cfg.get("final_lr_ratio", 0.0))(step)
+
+
+def init_state(specs: dict, txs: dict, seed: int) -> TrainState:
+    """Initial state for models {name: ModelSpec} with optimizers {name: tx}.
+
+    Every model is initialised from `seed` alone, so a KD student and its label-only twin trained
+    in another run with the same seed start from identical weights.
+    """
+    params = {name: init_params(spec, seed) for name, spec in specs.items()}
+    return TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(seed), params=params,
+                      opt_state={name: txs[name].init(p) for name, p in params.items()})

@@ -1,0 +1,30 @@
+"""Test setup: 8 fake CPU devices for the sharding tests (must be set before jax is imported)."""
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from jkd.config import base_config, model_config  # noqa: E402
+
+
+@pytest.fixture
+def tiny_config():
+    """A fast supervised digits config: tiny ViT, 8 px, few steps, no progress bar."""
+    c = base_config()
+    c.data.image_size = 8
+    c.model = model_config("vit_atto4")
+    c.steps = 4
+    c.batch_size = 16
+    c.eval_batch_size = 64
+    c.optimizer.warmup_steps = 1
+    c.log_every = 1
+    c.checkpoint_every = 2
+    c.progress = False
+    return c
+
+
+def pytest_report_header(config):
+    return f"jax {jax.__version__}, devices: {jax.device_count()} x {jax.devices()[0].platform}"
