@@ -34,5 +34,6 @@ def get_config(arg=None):
     c.optimizer.lr = 2e-3
     c.optimizer.warmup_steps = 50
     c.log_every = 50
+    c.eval_every = 100                 # test accuracy into metrics.jsonl (learning curves)
     c.checkpoint_every = 500
     return c

@@ -52,6 +52,17 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState) -
     return TrainState(step=train["step"], rng=train["rng"], params=restored["params"], opt_state=train["opt_state"])
 
 
+def restore_params(workdir: str, step: int | None = None) -> dict:
+    """The `params` item ({name: params} as host arrays) of step `step` (default: latest) of a workdir."""
+    manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=("params", "train"),
+                                    options=ocp.CheckpointManagerOptions(create=False))
+    try:
+        step = manager.latest_step() if step is None else step
+        return manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
+    finally:
+        manager.close()
+
+
 def write_run_info(workdir: str, info: dict) -> None:
     """Write run.json (process 0 only)."""
     if jax.process_index() != 0:

@@ -205,3 +205,15 @@ def test_unprepared_dataset_is_a_config_error(tmp_path):
     """No mock and nothing prepared: fail fast (download=False), never start a download."""
     with pytest.raises(ConfigError, match=r"config\.data\.data_dir: cannot open TFDS 'cifar10'"):
         _batches("cifar10", data_dir=str(tmp_path))
+
+
+def test_supervised_run_on_mocked_tfds(mocked_tfds, tmp_path, tiny_config):
+    """The trainer reads a TFDS dataset end to end (make_data -> sharded step -> eval)."""
+    from jkd.main import run
+
+    c = tiny_config
+    c.data.name, c.data.data_dir, c.data.channels, c.data.image_size = "cifar10", mocked_tfds, 3, 8
+    c.batch_size, c.eval_batch_size, c.steps = 8, 8, 2
+    summary = run(c, str(tmp_path))
+    assert summary["steps"] == 2
+    assert 0.0 <= summary["models"]["model"]["accuracy"] <= 1.0

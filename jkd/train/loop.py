@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from jkd import checkpoint, sharding
 from jkd.models import count_params
-from jkd.train.state import TrainState, graphdef_and_shapes, init_params, learning_rate, make_optimizer
+from jkd.train.state import TrainState, graphdef_and_shapes, init_params, lr_schedule, make_optimizer
 from jkd.train.step import make_eval_step, make_train_step
 
 
@@ -82,7 +82,7 @@ def fit(config, workdir: str, *, specs: dict, data, teacher=None, desc: str = "t
         _, teacher_graphdef, teacher_params = teacher
         teacher_sh = sharding.tree_shardings(teacher_params, mesh, config.mesh.min_shard_size)
         teacher_params = jax.device_put(teacher_params, teacher_sh)
-    schedules = {n: (lambda s: learning_rate(config.optimizer, config.steps, s)) for n in specs}
+    schedules = {n: lr_schedule(config.optimizer, config.steps) for n in specs}
     step_fn = make_train_step(graphdefs, txs, num_classes=data.num_classes, augment_cfg=config.augment,
                               kd_cfg=config.get("kd") if teacher else None, teacher_graphdef=teacher_graphdef,
                               label_smoothing=config.label_smoothing, schedules=schedules)
@@ -94,6 +94,12 @@ def fit(config, workdir: str, *, specs: dict, data, teacher=None, desc: str = "t
                         in_shardings=(state_sh.params, batch_sh, teacher_sh), out_shardings=repl)
 
     start = int(state.step)
+    summary_path = os.path.join(workdir, "summary.json")
+    if start >= config.steps and os.path.exists(summary_path):
+        # A finished run rerun with the same command: nothing to train, report what it measured.
+        manager.close()
+        with open(summary_path) as f:
+            return json.load(f), state
     bar = tqdm(total=config.steps, initial=start, desc=desc, disable=jax.process_index() != 0 or not config.progress,
                dynamic_ncols=True, leave=False)
     t_train = time.time()
@@ -130,6 +136,6 @@ def fit(config, workdir: str, *, specs: dict, data, teacher=None, desc: str = "t
         summary["teacher"] = {"model": teacher[0].name, "params": count_params(teacher_params),
                               "accuracy": final.get("teacher/accuracy")}
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
+        with open(summary_path, "w") as f:
             json.dump(summary, f, indent=2)
     return summary, state

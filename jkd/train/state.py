@@ -5,7 +5,7 @@ each with its own params and optimizer state, sharing the step counter, the rng 
 
     TrainState(step=int32[], rng=uint32[2], params={name: params}, opt_state={name: optax state})
 
-Params are plain nested dicts of fp32 arrays (nnx `State.to_pure_dict()`), so the state is an
+Params are plain nested dicts of fp32 arrays (`nnx.to_pure_dict`), so the state is an
 ordinary pytree for jit, optax and orbax; `apply_model` merges them with the static graphdef.
 """
 from __future__ import annotations
@@ -63,12 +63,12 @@ class ModelSpec:
 def graphdef_and_shapes(spec: ModelSpec):
     """(graphdef, params as ShapeDtypeStructs) without allocating anything."""
     graphdef, state = nnx.split(nnx.eval_shape(lambda: spec.build()))
-    return graphdef, state.to_pure_dict()
+    return graphdef, nnx.to_pure_dict(state)
 
 
 def init_params(spec: ModelSpec, seed: int) -> dict:
     """Fresh params (pure dict). Jit this with out_shardings to initialise directly sharded."""
-    return nnx.split(spec.build(seed))[1].to_pure_dict()
+    return nnx.to_pure_dict(nnx.split(spec.build(seed))[1])
 
 
 def apply_model(graphdef, params: dict, images: jax.Array, key: jax.Array | None = None,
@@ -87,9 +87,7 @@ def make_optimizer(opt_cfg, total_steps: int, field: str = "config.optimizer") -
         raise ConfigError(f"{field}.warmup_steps: {opt_cfg.warmup_steps} must be < the {total_steps} train steps")
     if opt_cfg.lr <= 0:
         raise ConfigError(f"{field}.lr: must be > 0, got {opt_cfg.lr}")
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=opt_cfg.lr, warmup_steps=opt_cfg.warmup_steps, decay_steps=total_steps,
-        end_value=opt_cfg.lr * opt_cfg.get("final_lr_ratio", 0.0))
+    schedule = lr_schedule(opt_cfg, total_steps)
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
     if opt_cfg.name == "adamw":
         base = optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, weight_decay=opt_cfg.weight_decay,
@@ -103,10 +101,11 @@ def make_optimizer(opt_cfg, total_steps: int, field: str = "config.optimizer") -
     return optax.chain(*chain, base)
 
 
-def learning_rate(opt_cfg, total_steps: int, step) -> jax.Array:
-    """The schedule's value at `step` (for logging)."""
+def lr_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
+    """Linear warm-up from 0 to opt_cfg.lr, then cosine decay to final_lr_ratio * lr at total_steps."""
     return optax.warmup_cosine_decay_schedule(
-        0.0, opt_cfg.lr, opt_cfg.warmup_steps, total_steps, opt_cfg.lr * opt_cfg.get("final_lr_ratio", 0.0))(step)
+        init_value=0.0, peak_value=opt_cfg.lr, warmup_steps=opt_cfg.warmup_steps, decay_steps=total_steps,
+        end_value=opt_cfg.lr * opt_cfg.get("final_lr_ratio", 0.0))
 
 
 def init_state(specs: dict, txs: dict, seed: int) -> TrainState:

@@ -1,0 +1,68 @@
+"""Checkpoint round trip, and a run killed after a checkpoint resumes from it."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+
+from jkd import checkpoint
+from jkd.train.state import ModelSpec, TrainState, init_state
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_save_restore_round_trip_is_exact(tmp_path):
+    specs = {"vit": ModelSpec("vit_atto4", 10, 8, 1), "convnext": ModelSpec("convnext_atto", 10, 8, 1,
+                                                                            kwargs=(("stem_stride", 1),))}
+    txs = {n: optax.adamw(1e-3) for n in specs}
+    state = init_state(specs, txs, seed=3)
+    state = state.replace(step=state.step + 7, rng=jax.random.PRNGKey(11))
+    manager = checkpoint.make_manager(str(tmp_path))
+    checkpoint.save(manager, state)
+    manager.wait_until_finished()
+    abstract = jax.eval_shape(lambda: state)
+    restored = checkpoint.restore_latest(manager, abstract)
+    manager.close()
+    assert isinstance(restored, TrainState) and int(restored.step) == 7
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), restored, state)
+
+
+def _cmd(workdir):
+    return [sys.executable, "-m", "jkd.main", "--config", os.path.join(REPO, "configs/digits_supervised.py"),
+            "--workdir", workdir, "--config.model.name=vit_atto4", "--config.data.image_size=8",
+            "--config.steps=150", "--config.batch_size=16", "--config.optimizer.warmup_steps=5",
+            "--config.checkpoint_every=10", "--config.log_every=10", "--config.progress=False"]
+
+
+def _final_params(workdir):
+    with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+    return summary, summary["steps"], checkpoint.restore_params(workdir)
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path):
+    killed, clean = str(tmp_path / "killed"), str(tmp_path / "clean")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_cmd(killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = os.path.join(killed, "checkpoints", "10")
+    deadline = time.time() + 240
+    while not os.path.isdir(first) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(os.path.join(killed, "summary.json"))
+
+    subprocess.run(_cmd(killed), cwd=REPO, env=env, check=True, capture_output=True)
+    subprocess.run(_cmd(clean), cwd=REPO, env=env, check=True, capture_output=True)
+    summary, step, params = _final_params(killed)
+    _, clean_step, clean_params = _final_params(clean)
+    assert summary["resumed_from"] is not None and summary["resumed_from"] >= 10
+    assert step == clean_step == 150
+    # Data order and augmentation are functions of (seed, step): the resumed run is the same run.
+    jax.tree.map(np.testing.assert_array_equal, params, clean_params)

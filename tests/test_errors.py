@@ -1,0 +1,126 @@
+"""Bad input fails early (before anything is compiled) with a message naming the field."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from jkd.config import model_config
+from jkd.data import make_data
+from jkd.errors import ConfigError
+from jkd.main import run
+from jkd.train.loop import fit
+from jkd.train.state import ModelSpec
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def no_compile(monkeypatch):
+    """Any jax.jit call from here on is a test failure: errors must come first."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("jax.jit was called before the bad input was reported")
+    monkeypatch.setattr(jax, "jit", refuse)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A real (2-step) digits teacher workdir: vit_atto4 at 8 px, 10 classes."""
+    from jkd.config import base_config
+    c = base_config()
+    c.data.image_size, c.model, c.steps, c.batch_size = 8, model_config("vit_atto4"), 2, 16
+    c.optimizer.warmup_steps, c.progress = 1, False
+    workdir = str(tmp_path_factory.mktemp("teacher"))
+    run(c, workdir)
+    return workdir
+
+
+def _distill(tiny_config, teacher):
+    c = tiny_config
+    c.trainer = "distill"
+    c.students = {"vit": model_config("vit_atto4")}
+    c.teacher.checkpoint = teacher
+    return c
+
+
+def test_unknown_model_name(tiny_config, tmp_path, no_compile):
+    tiny_config.model.name = "vit_gigantic16"
+    with pytest.raises(ConfigError, match=r"config\.model\.name: unknown model 'vit_gigantic16'"):
+        run(tiny_config, str(tmp_path))
+
+
+def test_image_size_not_divisible_by_patch(tiny_config, tmp_path, no_compile):
+    tiny_config.data.image_size = 10
+    with pytest.raises(ConfigError, match=r"config\.model: image size 10 is not divisible by the patch size 4"):
+        run(tiny_config, str(tmp_path))
+
+
+def test_batch_not_divisible_by_data_parallel_devices(tiny_config, tmp_path, no_compile):
+    tiny_config.batch_size = 12  # 8 fake devices
+    with pytest.raises(ConfigError, match=r"config\.batch_size: 12 is not divisible by the 8 data-parallel"):
+        run(tiny_config, str(tmp_path))
+
+
+def test_teacher_checkpoint_missing(tiny_config, tmp_path, no_compile):
+    c = _distill(tiny_config, str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match=r"config\.teacher\.checkpoint: .*nowhere does not exist"):
+        run(c, str(tmp_path / "out"))
+
+
+def test_teacher_checkpoint_not_a_workdir(tiny_config, tmp_path, no_compile):
+    (tmp_path / "empty").mkdir()
+    c = _distill(tiny_config, str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match=r"config\.teacher\.checkpoint: .* is not a jkd workdir"):
+        run(c, str(tmp_path / "out"))
+
+
+def test_teacher_run_file_unreadable(tiny_config, tmp_path, no_compile):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "run.json").write_text("{ not json")
+    c = _distill(tiny_config, str(tmp_path / "bad"))
+    with pytest.raises(ConfigError, match=r"config\.teacher\.checkpoint: cannot read"):
+        run(c, str(tmp_path / "out"))
+
+
+def test_teacher_checkpoint_files_corrupt(tiny_config, teacher_dir, tmp_path):
+    import shutil
+    broken = str(tmp_path / "broken")
+    shutil.copytree(teacher_dir, broken)
+    step_dir = os.path.join(broken, "checkpoints", "2", "params")
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    c = _distill(tiny_config, broken)
+    with pytest.raises(ConfigError, match=r"config\.teacher\.checkpoint: cannot restore teacher params"):
+        run(c, str(tmp_path / "out"))
+
+
+def test_teacher_and_student_class_counts_differ(tiny_config, tmp_path):
+    # A teacher with 5 classes (the run.json says so and the checkpoint has a 5-way head).
+    data = make_data(tiny_config.data, seed=0, global_batch_size=16)
+    teacher_dir = str(tmp_path / "teacher5")
+    tiny_config.steps = 2
+    fit(tiny_config, teacher_dir, specs={"model": ModelSpec("vit_atto4", 5, 8, 1)},
+        data=dataclasses.replace(data, num_classes=5))
+    c = _distill(tiny_config, teacher_dir)
+    with pytest.raises(ConfigError, match=r"the teacher has 5 classes but the students \(digits\) have 10"):
+        run(c, str(tmp_path / "out"))
+
+
+def test_workdir_holds_a_different_model(tiny_config, teacher_dir, no_compile):
+    tiny_config.model = model_config("vit_femto4")
+    with pytest.raises(ConfigError, match=r"--workdir: .* holds a checkpoint of a different model"):
+        run(tiny_config, teacher_dir)
+
+
+def test_cli_reports_user_errors_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "jkd.main", "--config", os.path.join(REPO, "configs/quickstart.py"),
+         "--workdir", str(tmp_path), "--config.teacher_model.name=vit_nope4"],
+        cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "config.teacher_model.name: unknown model 'vit_nope4'" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,33 @@
+"""Smoke run of the quickstart through the CLI at minimal steps."""
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_quickstart_smoke(tmp_path):
+    workdir = str(tmp_path / "q")
+    cmd = [sys.executable, "-m", "jkd.main", "--config", os.path.join(REPO, "configs/quickstart.py"),
+           "--workdir", workdir, "--config.steps=3", "--config.teacher_steps=3",
+           "--config.optimizer.warmup_steps=1", "--config.progress=False"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(workdir, "results.json")) as f:
+        results = json.load(f)
+    roles = [r["role"].split(" (")[0] for r in results["rows"]]
+    assert roles == ["teacher", "label-only student", "KD student", "label-only student", "KD student"]
+    assert {r["model"] for r in results["rows"]} == {"vit_femto4", "vit_atto4", "convnext_atto"}
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["params"] > 0 for r in results["rows"])
+    table = open(os.path.join(workdir, "results.md")).read()
+    assert "| vit_atto4 | KD student" in table
+    assert "| model | role | params | test accuracy |" in proc.stdout
+    # A rerun finds every stage finished: nothing is trained or logged twice, same table.
+    logs = {stage: open(os.path.join(workdir, stage, "metrics.jsonl")).read()
+            for stage in ("teacher", "kd", "label_only_vit", "label_only_convnext")}
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage, log in logs.items():
+        assert open(os.path.join(workdir, stage, "metrics.jsonl")).read() == log
+    assert open(os.path.join(workdir, "results.md")).read() == table
