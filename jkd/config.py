@@ -10,7 +10,7 @@ import ml_collections
 from jkd.errors import ConfigError
 from jkd.models import check_model
 
-TRAINERS = ("supervised", "distill", "quickstart")
+TRAINERS = ("supervised", "distill", "quickstart", "theory")
 
 
 def model_config(name: str, **kwargs) -> ml_collections.ConfigDict:
@@ -95,8 +95,10 @@ def _positive(config, *fields) -> None:
 
 def validate(config) -> None:
     """Cheap checks of the fields every trainer uses; raises ConfigError naming the field."""
-    if config.trainer not in TRAINERS:
-        raise ConfigError(f"config.trainer: unknown trainer {config.trainer!r} (known: {', '.join(TRAINERS)})")
+    if config.get("trainer") not in TRAINERS:
+        raise ConfigError(f"config.trainer: unknown trainer {config.get('trainer')!r} (known: {', '.join(TRAINERS)})")
+    if config.trainer == "theory":  # its own config layout, checked by jkd.probes.theory
+        return
     _positive(config, "steps", "batch_size", "eval_batch_size", "log_every", "checkpoint_every",
               "keep_checkpoints", "data.image_size")
     if config.data.channels not in (1, 3):

@@ -31,6 +31,9 @@ def run(config, workdir: str) -> dict:
     if config.trainer == "distill":
         from jkd.train.distill import train_distill
         return train_distill(config, workdir)
+    if config.trainer == "theory":
+        from jkd.probes.theory import run_theory
+        return run_theory(config, workdir)
     from jkd.train.quickstart import run_quickstart
     return run_quickstart(config, workdir)
 
