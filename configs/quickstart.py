@@ -9,7 +9,9 @@ KD students additionally see the teacher's soft targets on every training image.
 train on the labelled 10% alone with the same steps, batch and seed. Scored on the fixed 450 test
 digits. Expected: a few minutes on 2 cores, teacher ~98% test accuracy and both KD students clearly
 above their label-only twins (measured figures: docs/RESULTS.md).
-Try: --config.seed=1, --config.kd.temperature=2, --config.data.labelled_fraction=0.05.
+Try: --config.seed=1, --config.kd.temperature=2, --config.data.labelled_fraction=0.05,
+     --config.method=vitkd (any of hinton, hard, dkd, nkd, deit, vitkd, align, fm; comma-separated
+     runs several, sharing the teacher and the label-only twins).
 """
 from jkd.config import base_config, model_config
 
@@ -29,6 +31,8 @@ def get_config(arg=None):
         vit=model_config("vit_atto4"),                         # 32 wide, 2 blocks
         convnext=model_config("convnext_atto", stem_stride=2),  # 16 -> 8 -> 4 -> 2 -> 1 px maps
     )
+    c.method = "hinton"                # or hard, dkd, nkd, deit, vitkd, align, fm; comma-separated = several
+    c.fm_mixup_alpha = 0.4             # method=fm: mixup on every batch
     c.kd.temperature = 4.0
     c.kd.weight = 0.9
     c.optimizer.lr = 2e-3

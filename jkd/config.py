@@ -50,12 +50,31 @@ def base_config() -> ml_collections.ConfigDict:
     c.students = ml_collections.ConfigDict()  # distill: {name: model_config(...)} trained together
 
     c.teacher = ml_collections.ConfigDict()
-    c.teacher.checkpoint = ""       # teacher workdir (latest step) or <workdir>/checkpoints/<step>
+    c.teacher.checkpoint = ""       # teacher workdir (latest step) or <workdir>/checkpoints/<step>;
+                                    # several, comma-separated = an ensemble of teachers
     c.teacher.model_key = ""        # which model of a multi-model teacher run ('' = the only one)
+    c.teacher.ensemble = "mean_probs"  # several teachers: 'mean_probs' (target = mean of their
+                                       # probabilities at T) or 'mean_loss' (mean of per-teacher losses)
+    c.generations = 1               # self-distillation: generation k+1 learns from generation k
 
     c.kd = ml_collections.ConfigDict()
-    c.kd.temperature = 4.0          # Hinton T (the KL term is scaled by T^2)
+    c.kd.method = "hinton"          # hinton | hard | dkd | nkd (jkd/train/objectives.py)
+    c.kd.temperature = 4.0          # T (hinton, dkd, nkd; the KL terms are scaled by T^2)
     c.kd.weight = 0.9               # loss = weight * KD + (1 - weight) * CE(labelled examples)
+    c.kd.hard_label_smoothing = 0.0  # hard: label smoothing on the teacher's argmax
+    c.kd.dkd_alpha = 1.0            # dkd: weight of the target-class (binary) KL
+    c.kd.dkd_beta = 8.0             # dkd: weight of the non-target-class KL
+    c.kd.dkd_warmup_steps = 0       # dkd: linear warm-up of the KD term over this many steps
+    c.kd.nkd_gamma = 1.5            # nkd: weight of the normalised non-target term
+
+    c.feature_kd = ml_collections.ConfigDict()
+    c.feature_kd.method = "none"    # none | vitkd (ViT -> ViT) | align (ViT -> ConvNeXt)
+    c.feature_kd.mimic_weight = 2.0     # vitkd: mean-MSE weight of mimicking blocks 0-1 (docs/METHODS.md)
+    c.feature_kd.generate_weight = 0.2  # vitkd: mean-MSE weight of generating the last block
+    c.feature_kd.mask_ratio = 0.5       # vitkd: fraction of last-block tokens masked and generated
+    c.feature_kd.align_stage = -1       # align: which ConvNeXt stage (0..3, -1 = last) is projected
+    c.feature_kd.align_loss = "cosine"  # align: cosine | mse
+    c.feature_kd.align_weight = 1.0     # align: weight of the alignment loss
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"      # adamw | sgd
@@ -121,4 +140,13 @@ def validate(config) -> None:
         if not config.students:
             raise ConfigError("config.students: a distill run needs at least one student")
         for name, entry in config.students.items():
+            kwargs = dict(entry.get("kwargs", {}))
+            if kwargs.get("distillation_token") and not entry.name.startswith("vit_"):
+                raise ConfigError(f"config.students.{name}.kwargs.distillation_token: the DeiT distillation "
+                                  f"token is a ViT option; {entry.name!r} is not a ViT")
             _check_model_entry(entry, size, f"config.students.{name}")
+        if not isinstance(config.generations, int) or config.generations < 1:
+            raise ConfigError(f"config.generations: must be an integer >= 1, got {config.generations!r}")
+        if config.generations > 1 and len(config.students) != 1:
+            raise ConfigError(f"config.generations: self-distillation over generations trains one student; "
+                              f"config.students has {len(config.students)}")

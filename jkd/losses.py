@@ -59,3 +59,87 @@ def hinton_kd(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.
     kd = kd_kl(student_logits, teacher_logits, temperature=temperature)
     ce = cross_entropy(student_logits, labels, label_smoothing=label_smoothing, weights=label_mask)
     return kd_weight * kd + (1.0 - kd_weight) * ce, {"kd": kd, "ce": ce}
+
+
+def hard_kd(student_logits: jax.Array, teacher_logits: jax.Array, *, label_smoothing: float = 0.0,
+            weights: jax.Array | None = None) -> jax.Array:
+    """Hard distillation: CE on the teacher's argmax (DeiT's 'hard' variant). [B, K], [B, K] -> scalar."""
+    return cross_entropy(student_logits, jnp.argmax(teacher_logits, -1), label_smoothing=label_smoothing,
+                         weights=weights)
+
+
+def _kl_rows(p_logp: jax.Array, q_logp: jax.Array) -> jax.Array:
+    """KL(p || q) per row from log-probabilities [B, K] -> [B] (0 log 0 = 0)."""
+    p = jnp.exp(p_logp)
+    return jnp.where(p > 0, p * (p_logp - q_logp), 0.0).sum(-1)
+
+
+def dkd(student_logits: jax.Array, teacher_logits: jax.Array, targets: jax.Array, *, temperature: float,
+        alpha: float = 1.0, beta: float = 8.0, weights: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """Decoupled KD (Zhao et al. 2022): (alpha * TCKD + beta * NCKD) * T^2.
+
+    TCKD: KL between the binary (target, non-target) masses of teacher and student at T.
+    NCKD: KL between teacher and student distributions over the non-target classes (renormalised).
+    targets [B] int: the class treated as 'target' (labels; callers use the teacher's argmax for
+    unlabelled examples). Returns (loss, {'tckd', 'nckd'}). The linear warm-up is applied by the caller.
+    """
+    t = temperature
+    gt = jax.nn.one_hot(targets, student_logits.shape[-1], dtype=bool)
+    p_s = jax.nn.softmax(student_logits / t, -1)
+    p_t = jax.nn.softmax(teacher_logits / t, -1)
+    eps = 1e-12
+    b_s = jnp.stack([(p_s * gt).sum(-1), (p_s * ~gt).sum(-1)], -1)
+    b_t = jnp.stack([(p_t * gt).sum(-1), (p_t * ~gt).sum(-1)], -1)
+    tckd = _kl_rows(jnp.log(b_t + eps), jnp.log(b_s + eps))
+    # Non-target distributions: mask the target logit out (-inf) and renormalise.
+    nt_s = jax.nn.log_softmax(jnp.where(gt, -1e9, student_logits / t), -1)
+    nt_t = jax.nn.log_softmax(jnp.where(gt, -1e9, teacher_logits / t), -1)
+    nckd = _kl_rows(nt_t, nt_s)
+    tckd, nckd = weighted_mean(tckd, weights) * t ** 2, weighted_mean(nckd, weights) * t ** 2
+    return alpha * tckd + beta * nckd, {"tckd": tckd, "nckd": nckd}
+
+
+def nkd(student_logits: jax.Array, teacher_logits: jax.Array, targets: jax.Array, *, temperature: float,
+        gamma: float = 1.5, weights: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """Normalised KD (Yang et al. 2023): -t_y log s_y + gamma * T^2 * CE(t_hat, s_hat).
+
+    t_y, s_y: teacher/student probabilities (T = 1) of the target class; t_hat, s_hat: their
+    distributions over the non-target classes at temperature T, renormalised. targets [B] int.
+    Returns (loss, {'nkd_target', 'nkd_non_target'}).
+    """
+    t = temperature
+    gt = jax.nn.one_hot(targets, student_logits.shape[-1], dtype=bool)
+    log_s = jax.nn.log_softmax(student_logits, -1)
+    t_y = (jax.nn.softmax(teacher_logits, -1) * gt).sum(-1)
+    target_term = -(t_y * (log_s * gt).sum(-1))
+    nt_s = jax.nn.log_softmax(jnp.where(gt, -1e9, student_logits / t), -1)
+    nt_t = jax.nn.softmax(jnp.where(gt, -1e9, teacher_logits / t), -1)
+    non_target = -(nt_t * jnp.where(gt, 0.0, nt_s)).sum(-1)
+    target_term = weighted_mean(target_term, weights)
+    non_target = gamma * t ** 2 * weighted_mean(non_target, weights)
+    return target_term + non_target, {"nkd_target": target_term, "nkd_non_target": non_target}
+
+
+def ensemble_logits(teacher_logits: jax.Array, temperature: float) -> jax.Array:
+    """Logits whose softmax at T is the mean of the teachers' softmax at T.
+
+    teacher_logits [M, B, K] -> [B, K] = T * log(mean_m softmax(z_m / T)). Any logit-based KD loss at
+    temperature T then distils the probability-averaged ensemble exactly.
+    """
+    probs = jax.nn.softmax(teacher_logits / temperature, -1).mean(0)
+    return temperature * jnp.log(jnp.maximum(probs, 1e-30))
+
+
+def feature_mse(pred: jax.Array, target: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Mean squared error over positions and channels. pred, target [B, N, D]; mask [B, N] (1 = counts)."""
+    sq = ((pred.astype(jnp.float32) - target.astype(jnp.float32)) ** 2).mean(-1)
+    if mask is None:
+        return sq.mean()
+    return (sq * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def feature_cosine(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """Mean over positions of 1 - cos(pred, target) along the channel axis. [B, ..., D] -> scalar."""
+    pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
+    cos = (pred * target).sum(-1) / (jnp.linalg.norm(pred, axis=-1) * jnp.linalg.norm(target, axis=-1) + 1e-8)
+    return (1.0 - cos).mean()

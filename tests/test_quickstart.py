@@ -17,6 +17,7 @@ def test_quickstart_smoke(tmp_path):
     with open(os.path.join(workdir, "results.json")) as f:
         results = json.load(f)
     roles = [r["role"].split(" (")[0] for r in results["rows"]]
+    assert {r.get("method") for r in results["rows"]} == {None, "hinton"}
     assert roles == ["teacher", "label-only student", "KD student", "label-only student", "KD student"]
     assert {r["model"] for r in results["rows"]} == {"vit_femto4", "vit_atto4", "convnext_atto"}
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["params"] > 0 for r in results["rows"])
@@ -25,7 +26,7 @@ def test_quickstart_smoke(tmp_path):
     assert "| model | role | params | test accuracy |" in proc.stdout
     # A rerun finds every stage finished: nothing is trained or logged twice, same table.
     logs = {stage: open(os.path.join(workdir, stage, "metrics.jsonl")).read()
-            for stage in ("teacher", "kd", "label_only_vit", "label_only_convnext")}
+            for stage in ("teacher", "kd_hinton", "label_only_vit", "label_only_convnext")}
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
     for stage, log in logs.items():

@@ -1,34 +1,103 @@
-"""Distillation: a frozen teacher (a jkd workdir) into one or more students trained in one step.
+"""Distillation: frozen teacher(s) (jkd workdirs) into one or more students trained in one step.
 
-The teacher runs once per batch on the same augmented view that every student sees; each student
-has its own params and optimizer state. Loss per student (Hinton et al. 2015):
-    kd.weight * T^2 KL(softmax(teacher/T) || softmax(student/T)) + (1 - kd.weight) * CE(labels)
-where CE only counts examples whose label is usable (config.data.labelled_fraction).
+Every teacher runs once per batch on the same augmented view that every student sees; each student
+has its own params, optimizer state and objective (jkd/train/objectives.py: hinton, hard, dkd, nkd,
+DeiT distillation token, ViTKD, ViT->ConvNeXt alignment). Several teachers (comma-separated
+config.teacher.checkpoint) form an ensemble. config.generations > 1 runs self-distillation
+(born-again networks): generation k+1 learns from generation k, in <workdir>/gen_<k>.
 """
 from __future__ import annotations
+
+import json
+import os
+
+import jax
 
 from jkd import checkpoint, sharding
 from jkd.config import validate
 from jkd.data import make_data
 from jkd.errors import ConfigError
 from jkd.train.loop import fit
+from jkd.train.objectives import build_heads, resolve_objective
 from jkd.train.supervised import model_spec
 
 
-def train_distill(config, workdir: str, *, desc: str = "distill") -> dict:
-    """Distill config.teacher into config.students (see module docstring); returns the run summary."""
-    validate(config)
+def load_teachers(config, mesh) -> list:
+    """[(spec, graphdef, params)] for every comma-separated path of config.teacher.checkpoint."""
+    paths = [p.strip() for p in str(config.teacher.checkpoint).split(",") if p.strip()]
+    if not paths:
+        raise ConfigError("config.teacher.checkpoint: no teacher given (a teacher workdir or checkpoint dir; "
+                          "several comma-separated for an ensemble)")
+    return [checkpoint.load_teacher(path, model_key=config.teacher.model_key,
+                                    shardings_fn=lambda s: sharding.tree_shardings(s, mesh, config.mesh.min_shard_size))
+            for path in paths]
+
+
+def check_teachers(teachers: list, config, num_classes: int) -> None:
+    """Teachers must agree with each other and with the data on classes and input shape."""
+    classes = {t[0].num_classes for t in teachers}
+    if len(classes) > 1:
+        raise ConfigError(f"config.teacher.checkpoint: the teachers have different class counts "
+                          f"{[t[0].num_classes for t in teachers]}")
+    spec = teachers[0][0]
+    if spec.num_classes != num_classes:
+        raise ConfigError(f"config.teacher.checkpoint: the teacher has {spec.num_classes} classes but the "
+                          f"students ({config.data.name}) have {num_classes}")
+    for t in teachers:
+        if (t[0].image_size, t[0].in_channels) != (config.data.image_size, config.data.channels):
+            raise ConfigError(f"config.data: the teacher {t[0].name} takes {t[0].image_size}px x {t[0].in_channels} "
+                              f"channels, the data gives {config.data.image_size}px x {config.data.channels}")
+
+
+def _distill_once(config, workdir: str, desc: str) -> dict:
     data = make_data(config.data, seed=config.seed, global_batch_size=config.batch_size,
                      eval_batch_size=config.eval_batch_size)
     specs = {name: model_spec(entry, config, data.num_classes) for name, entry in config.students.items()}
     mesh = sharding.make_mesh(config.mesh)
-    teacher_spec, graphdef, params = checkpoint.load_teacher(
-        config.teacher.checkpoint, model_key=config.teacher.model_key,
-        shardings_fn=lambda shapes: sharding.tree_shardings(shapes, mesh, config.mesh.min_shard_size))
-    if teacher_spec.num_classes != data.num_classes:
-        raise ConfigError(f"config.teacher.checkpoint: the teacher has {teacher_spec.num_classes} classes but the "
-                          f"students ({config.data.name}) have {data.num_classes}")
-    if (teacher_spec.image_size, teacher_spec.in_channels) != (config.data.image_size, config.data.channels):
-        raise ConfigError(f"config.data: the teacher takes {teacher_spec.image_size}px x {teacher_spec.in_channels} "
-                          f"channels, the data gives {config.data.image_size}px x {config.data.channels}")
-    return fit(config, workdir, specs=specs, data=data, teacher=(teacher_spec, graphdef, params), desc=desc)[0]
+    teachers = load_teachers(config, mesh)
+    check_teachers(teachers, config, data.num_classes)
+    teacher_specs = [t[0] for t in teachers]
+    objectives = {name: resolve_objective(config, name, entry, specs[name], teacher_specs)
+                  for name, entry in config.students.items()}
+    heads = {name: h for name in specs
+             if (h := build_heads(objectives[name], specs[name], teacher_specs[0], config.seed)) is not None}
+    return fit(config, workdir, specs=specs, data=data, teachers=tuple(teachers), objectives=objectives,
+               heads=heads, desc=desc)[0]
+
+
+def generations_table(summaries: list[dict], student: str) -> str:
+    """Markdown: one row per generation (teacher accuracy, student accuracy, agreement)."""
+    lines = ["| generation | teacher | teacher accuracy | student accuracy | teacher agreement |",
+             "|---:|---|---:|---:|---:|"]
+    for k, s in enumerate(summaries, 1):
+        m = s["models"][student]
+        lines.append(f"| {k} | {s['teacher']['model']} | {100 * s['teacher']['accuracy']:.2f}% | "
+                     f"{100 * m['accuracy']:.2f}% | {100 * m['teacher_agreement']:.2f}% |")
+    return "\n".join(lines)
+
+
+def train_distill(config, workdir: str, *, desc: str = "distill") -> dict:
+    """Distill config.teacher into config.students; returns the run summary (the last generation's
+    when config.generations > 1, with all generations under 'generations')."""
+    validate(config)
+    if config.generations == 1:
+        return _distill_once(config, workdir, desc)
+    student = next(iter(config.students))
+    summaries = []
+    for k in range(1, config.generations + 1):
+        gen = config.copy_and_resolve_references()
+        if k > 1:  # born-again: the previous generation's student is the teacher
+            with gen.unlocked():
+                gen.teacher.checkpoint = os.path.join(workdir, f"gen_{k - 1}")
+                gen.teacher.model_key = student
+        summaries.append(_distill_once(gen, os.path.join(workdir, f"gen_{k}"), f"{desc} gen {k}"))
+    table = generations_table(summaries, student)
+    summary = {**summaries[-1], "generations": summaries}
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "results.md"), "w") as f:
+            f.write(f"Self-distillation over {config.generations} generations ({student}: "
+                    f"{config.students[student].name})\n\n{table}\n")
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print("\n" + table + "\n")
+    return summary

@@ -1,7 +1,7 @@
 """The one training loop behind every trainer: mesh, sharded init or resume, compiled step, eval,
 JSON-lines metrics, progress bar, async checkpoints, summary.
 
-    summary = fit(config, workdir, specs={'vit': ModelSpec(...)}, data=data, teacher=None)
+    summary, state = fit(config, workdir, specs={'vit': ModelSpec(...)}, data=data, teachers=(), ...)
 
 Everything that can be wrong in the config is checked before anything is compiled.
 """
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from jkd import checkpoint, sharding
 from jkd.models import count_params
 from jkd.train.state import TrainState, graphdef_and_shapes, init_params, lr_schedule, make_optimizer
-from jkd.train.step import make_eval_step, make_train_step
+from jkd.train.step import HEADS_SUFFIX, make_eval_step, make_train_step
 
 
 def _log(workdir: str, record: dict) -> None:
@@ -42,9 +42,11 @@ def evaluate(eval_step, params, data, mesh, teacher_params=None) -> dict:
     return metrics
 
 
-def fit(config, workdir: str, *, specs: dict, data, teacher=None, desc: str = "train", devices=None):
-    """Train models {name: ModelSpec} on `data` (optionally distilling from teacher =
-    (spec, graphdef, params)); resume from <workdir>/checkpoints if present.
+def fit(config, workdir: str, *, specs: dict, data, teachers: tuple = (), objectives: dict | None = None,
+        heads: dict | None = None, desc: str = "train", devices=None):
+    """Train models {name: ModelSpec} on `data`, optionally distilling from teachers (a tuple of
+    (spec, graphdef, params)) with per-student objectives {name: Objective} and feature-KD heads
+    {name: (graphdef, params)}; resume from <workdir>/checkpoints if present.
 
     devices: the devices of the mesh (default: all). Returns (summary, final TrainState); the
     summary is also written to <workdir>/summary.json.
@@ -54,17 +56,20 @@ def fit(config, workdir: str, *, specs: dict, data, teacher=None, desc: str = "t
     sharding.check_batch_size(config.batch_size, mesh)
     sharding.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
     checkpoint.check_workdir_compatible(workdir, specs)
-    txs = {name: make_optimizer(config.optimizer, config.steps) for name in specs}
+    heads = heads or {}
+    trainees = list(specs) + [name + HEADS_SUFFIX for name in heads]
+    txs = {name: make_optimizer(config.optimizer, config.steps) for name in trainees}
     graphdefs, shapes = {}, {}
     for name, spec in specs.items():
         graphdefs[name], shapes[name] = graphdef_and_shapes(spec)
     checkpoint.write_run_info(workdir, {
         "trainer": config.trainer, "models": {k: v.to_json() for k, v in specs.items()},
-        "teacher": teacher[0].to_json() if teacher else None, "config": json.loads(config.to_json_best_effort())})
+        "teachers": [t[0].to_json() for t in teachers], "config": json.loads(config.to_json_best_effort())})
 
     # Abstract state -> shardings -> sharded init (or restore into that layout).
     def init_fn():
         params = {name: init_params(spec, config.seed) for name, spec in specs.items()}
+        params.update({name + HEADS_SUFFIX: head_params for name, (_, head_params) in heads.items()})
         return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), rng=jax.random.PRNGKey(config.seed),
                           params=params, opt_state={n: txs[n].init(p) for n, p in params.items()})
 
@@ -77,20 +82,20 @@ def fit(config, workdir: str, *, specs: dict, data, teacher=None, desc: str = "t
     if state is None:
         state = jax.jit(init_fn, out_shardings=state_sh)()
 
-    teacher_graphdef = teacher_params = teacher_sh = None
-    if teacher is not None:
-        _, teacher_graphdef, teacher_params = teacher
-        teacher_sh = sharding.tree_shardings(teacher_params, mesh, config.mesh.min_shard_size)
-        teacher_params = jax.device_put(teacher_params, teacher_sh)
+    teacher_graphdefs = tuple(t[1] for t in teachers)
+    teacher_params = tuple(t[2] for t in teachers)
+    teacher_sh = sharding.tree_shardings(teacher_params, mesh, config.mesh.min_shard_size)
+    teacher_params = jax.device_put(teacher_params, teacher_sh)
     schedules = {n: lr_schedule(config.optimizer, config.steps) for n in specs}
     step_fn = make_train_step(graphdefs, txs, num_classes=data.num_classes, augment_cfg=config.augment,
-                              kd_cfg=config.get("kd") if teacher else None, teacher_graphdef=teacher_graphdef,
+                              objectives=objectives if teachers else None, teacher_graphdefs=teacher_graphdefs,
+                              head_graphdefs={n: g for n, (g, _) in heads.items()},
                               label_smoothing=config.label_smoothing, schedules=schedules)
     batch_sh = sharding.batch_sharding(mesh)
     repl = sharding.replicated(mesh)
     train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, teacher_sh), out_shardings=(state_sh, repl),
                          donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(graphdefs, teacher_graphdef),
+    eval_step = jax.jit(make_eval_step(graphdefs, teacher_graphdefs),
                         in_shardings=(state_sh.params, batch_sh, teacher_sh), out_shardings=repl)
 
     start = int(state.step)
@@ -132,9 +137,9 @@ def fit(config, workdir: str, *, specs: dict, data, teacher=None, desc: str = "t
                           **{k.split("/")[1]: v for k, v in final.items() if k.startswith(name + "/")}}
                    for name in specs},
     }
-    if teacher is not None:
-        summary["teacher"] = {"model": teacher[0].name, "params": count_params(teacher_params),
-                              "accuracy": final.get("teacher/accuracy")}
+    if teachers:
+        summary["teacher"] = {"model": "+".join(t[0].name for t in teachers), "params": count_params(teacher_params),
+                              "accuracy": final.get("teacher/accuracy"), "num_teachers": len(teachers)}
     if jax.process_index() == 0:
         with open(summary_path, "w") as f:
             json.dump(summary, f, indent=2)

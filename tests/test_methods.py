@@ -1,0 +1,142 @@
+"""Every distillation method trains through the one step; bad method configs fail at start."""
+import dataclasses
+import json
+import math
+import os
+
+import jax
+import pytest
+
+from jkd.config import base_config, model_config
+from jkd.data import make_data
+from jkd.errors import ConfigError
+from jkd.main import run
+from jkd.train.loop import fit
+from jkd.train.state import ModelSpec
+
+
+def _base(steps=2):
+    c = base_config()
+    c.data.image_size, c.steps, c.batch_size, c.eval_batch_size = 8, steps, 16, 64
+    c.optimizer.warmup_steps, c.progress, c.log_every = 1, False, 1
+    return c
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    """Two tiny ViT teachers (different seeds) and one with 5 classes."""
+    out = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        c = _base(steps=3)
+        c.model, c.seed = model_config("vit_atto4"), seed
+        out[name] = str(tmp_path_factory.mktemp(f"teacher_{name}"))
+        run(c, out[name])
+    c = _base()
+    data = make_data(c.data, seed=0, global_batch_size=16)
+    out["five"] = str(tmp_path_factory.mktemp("teacher5"))
+    fit(c, out["five"], specs={"model": ModelSpec("vit_atto4", 5, 8, 1)}, data=dataclasses.replace(data, num_classes=5))
+    return out
+
+
+def _distill(teacher, **students):
+    c = _base()
+    c.trainer = "distill"
+    c.teacher.checkpoint = teacher
+    c.students = students
+    return c
+
+
+def _train_metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["split"] == "train"][-1]
+
+
+def test_every_method_in_one_run(teachers, tmp_path):
+    """Per-student objectives: hinton, hard, dkd, nkd, ViTKD and ViT->ConvNeXt alignment students
+    trained together from one teacher forward."""
+    c = _distill(teachers["a"], hinton=model_config("vit_atto4"), hard=model_config("vit_atto4"),
+                 dkd=model_config("vit_atto4"), nkd=model_config("vit_atto4"), vitkd=model_config("vit_atto4"),
+                 align=model_config("convnext_atto", stem_stride=1))
+    for name in ("hinton", "hard", "dkd", "nkd"):
+        c.students[name].kd = {"method": name}
+    c.students.vitkd.feature_kd = {"method": "vitkd"}
+    c.students.align.feature_kd = {"method": "align", "align_stage": 1}
+    summary = run(c, str(tmp_path))
+    m = _train_metrics(str(tmp_path))
+    parts = {"hinton": ["kd", "ce"], "hard": ["kd"], "dkd": ["tckd", "nckd"], "nkd": ["nkd_target", "nkd_non_target"],
+             "vitkd": ["mimic", "generate", "kd"], "align": ["align", "kd"]}
+    for name, keys in parts.items():
+        for key in keys:
+            assert math.isfinite(m[f"{name}/{key}"]), (name, key)
+        assert 0 <= summary["models"][name]["teacher_agreement"] <= 1
+    assert m["vitkd/mimic"] > 0 and m["vitkd/generate"] > 0 and 0 <= m["align/align"] <= 2
+    assert "hinton/tckd" not in m  # each student really got its own objective
+    from jkd.checkpoint import restore_params
+    params = restore_params(str(tmp_path))
+    # Feature-KD heads are trained and checkpointed beside their student.
+    assert {"vitkd__kd_heads", "align__kd_heads"} <= set(params) and "hinton__kd_heads" not in params
+
+
+def test_function_matching_without_labels_and_mixup(teachers, tmp_path):
+    c = _distill(teachers["a"], vit=model_config("vit_atto4"))
+    c.kd.weight, c.kd.temperature, c.augment.mixup_alpha = 1.0, 1.0, 0.4
+    run(c, str(tmp_path))
+    m = _train_metrics(str(tmp_path))
+    assert m["vit/loss"] == pytest.approx(m["vit/kd"], rel=1e-6)
+
+
+@pytest.mark.parametrize("ensemble", ["mean_probs", "mean_loss"])
+def test_multi_teacher_ensemble(teachers, tmp_path, ensemble):
+    c = _distill(f"{teachers['a']},{teachers['b']}", vit=model_config("vit_atto4"))
+    c.teacher.ensemble = ensemble
+    summary = run(c, str(tmp_path))
+    assert summary["teacher"]["num_teachers"] == 2
+
+
+def test_self_distillation_generations(teachers, tmp_path):
+    c = _distill(teachers["a"], vit=model_config("vit_atto4"))
+    c.generations = 2
+    summary = run(c, str(tmp_path))
+    assert len(summary["generations"]) == 2
+    assert os.path.isdir(tmp_path / "gen_2" / "checkpoints")
+    with open(tmp_path / "gen_2" / "run.json") as f:
+        assert json.load(f)["config"]["teacher"]["checkpoint"] == str(tmp_path / "gen_1")
+    assert "| 2 | vit_atto4 |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.fixture
+def no_compile(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("jax.jit was called before the bad config was reported")
+    monkeypatch.setattr(jax, "jit", refuse)
+
+
+def test_mismatched_class_counts_across_teachers(teachers, tmp_path, no_compile):
+    c = _distill(f"{teachers['a']},{teachers['five']}", vit=model_config("vit_atto4"))
+    with pytest.raises(ConfigError, match=r"config\.teacher\.checkpoint: the teachers have different class counts"):
+        run(c, str(tmp_path))
+
+
+@pytest.mark.parametrize("student,feature,match", [
+    (model_config("convnext_atto", stem_stride=1), "vitkd", r"feature_kd\.method: 'vitkd' distils ViT blocks"),
+    (model_config("vit_atto4"), "align", r"feature_kd\.method: 'align' projects a ConvNeXt stage"),
+    (model_config("vit_atto2"), "vitkd", r"feature_kd\.method: 'vitkd' needs the same patch grid"),
+])
+def test_feature_kd_between_incompatible_models(teachers, tmp_path, no_compile, student, feature, match):
+    c = _distill(teachers["a"], s=student)
+    c.feature_kd.method = feature
+    with pytest.raises(ConfigError, match=r"config\.students\.s\." + match):
+        run(c, str(tmp_path))
+
+
+def test_deit_token_on_convnext(teachers, tmp_path, no_compile):
+    c = _distill(teachers["a"], s=model_config("convnext_atto", stem_stride=1, distillation_token=True))
+    with pytest.raises(ConfigError, match=r"distillation_token: the DeiT distillation token is a ViT option"):
+        run(c, str(tmp_path))
+
+
+def test_unknown_kd_method(teachers, tmp_path, no_compile):
+    c = _distill(teachers["a"], vit=model_config("vit_atto4"))
+    c.kd.method = "fitnets"
+    with pytest.raises(ConfigError, match=r"config\.students\.vit\.kd\.method: unknown 'fitnets'"):
+        run(c, str(tmp_path))
