@@ -50,6 +50,9 @@ def check_model(name: str, *, image_size: int, field: str = "config.model", **kw
     if family == "vit" and image_size % arch["patch_size"]:
         raise ConfigError(f"{field}: image size {image_size} is not divisible by the patch size "
                           f"{arch['patch_size']} of {name!r} (set config.data.image_size to a multiple)")
+    if family == "vit" and kwargs.get("distillation_token") and kwargs.get("pool", "cls") != "cls":
+        raise ConfigError(f"{field}.kwargs.distillation_token: needs pool='cls' (DeiT reads the CLS and "
+                          f"distillation tokens), got pool={kwargs['pool']!r}")
     if family == "convnext":
         stride = kwargs.get("stem_stride", 4)
         if image_size % (stride * 8):
@@ -63,7 +66,8 @@ def check_model(name: str, *, image_size: int, field: str = "config.model", **kw
 
 
 _ALLOWED_KWARGS = {
-    "vit": {"pool", "mlp_ratio", "drop_path_rate", "dropout_rate"},
+    "vit": {"pool", "mlp_ratio", "drop_path_rate", "dropout_rate", "distillation_token", "num_register_tokens",
+            "layer_scale_init", "qkv_bias"},
     "convnext": {"stem_stride", "drop_path_rate", "layer_scale_init", "dw_impl"},
 }
 
@@ -71,7 +75,8 @@ _ALLOWED_KWARGS = {
 def create_model(name: str, *, num_classes: int, image_size: int, in_channels: int = 3,
                  dtype: str = "float32", seed: int = 0, field: str = "config.model", **kwargs) -> nnx.Module:
     """Build a model by name with fp32 params and `dtype` compute. kwargs: family options
-    (ViT: pool, mlp_ratio, drop_path_rate, dropout_rate; ConvNeXt: stem_stride, drop_path_rate,
+    (ViT: pool, mlp_ratio, drop_path_rate, dropout_rate, distillation_token, num_register_tokens,
+    layer_scale_init, qkv_bias; ConvNeXt: stem_stride, drop_path_rate,
     layer_scale_init, dw_impl)."""
     family = check_model(name, image_size=image_size, field=field, **kwargs)
     _, arch = parse_model_name(name)

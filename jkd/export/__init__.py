@@ -1,0 +1,217 @@
+"""Export a trained student to ONNX (and a TensorRT engine), prove it computes the same function,
+and time it. The CLI (`python -m jkd.export`) and the export notebook both call `export`:
+
+    from jkd.export import export
+    result = export("/tmp/jkd_quickstart/kd_hinton", "vit", benchmark=True)
+    result["onnx_path"], result["parity"]["rows"], result["latency"]
+
+Steps, each fatal when it fails (no artifact is left looking valid):
+  1. load the student (run.json + latest orbax checkpoint), eval mode, preprocessing folded in;
+  2. trace it with jax2onnx (symbolic batch 'B' unless --batch), opset 20 by default;
+  3. static TensorRT-10 compatibility check of the graph (ops, opset, no control flow);
+  4. onnxruntime vs JAX on random and real eval images (fp32: 1e-4 abs on logits);
+  5. (tensorrt) build the engine, check it the same way; write the trtexec command next to it;
+  6. (benchmark) JAX jit vs onnxruntime (vs TensorRT) at batch 1 and 32, table into the workdir.
+Library pieces: load_student, inference_fn, to_onnx_model, check_tensorrt_compat, parity,
+verify_onnx, build_engine, benchmark (see their modules).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from jkd.errors import ConfigError
+from jkd.export.bench import benchmark as benchmark_latency
+from jkd.export.bench import format_table, machine
+from jkd.export.errors import ExportError, ParityError, TensorRTCompatError, TensorRTError
+from jkd.export.onnx import (DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, check_opset, read_metadata, save_onnx,
+                             set_metadata, staged_file, to_onnx_model)
+from jkd.export.student import Student, inference_fn, load_student
+from jkd.export.tensorrt import DEFAULT_MAX_BATCH, build_engine, engine_runner, import_tensorrt, trtexec_command
+from jkd.export.trt_compat import TRT_MAX_OPSET, assert_tensorrt_compat, check_tensorrt_compat
+from jkd.export.verify import (DEFAULT_ATOL, check_parity, format_parity, ort_fn, ort_session, parity,
+                               verification_inputs, verify_onnx)
+
+__all__ = ["export", "load_student", "inference_fn", "to_onnx_model", "read_metadata", "check_tensorrt_compat",
+           "parity", "verify_onnx", "build_engine", "benchmark_latency", "ExportError", "ParityError",
+           "TensorRTCompatError", "TensorRTError"]
+
+FP16_RTOL = 1e-2  # fp16 engines: ~11-bit mantissa over a deep net; 1% of the logit scale, plus top-1 shown
+
+
+def _check_args(format, batch, dtype, atol, max_batch):
+    if format not in ("onnx", "tensorrt"):
+        raise ConfigError(f"--format: must be onnx or tensorrt, got {format!r}")
+    if dtype not in ("fp32", "fp16"):
+        raise ConfigError(f"--dtype: must be fp32 or fp16, got {dtype!r}")
+    if dtype == "fp16" and format == "onnx":
+        raise ConfigError("--dtype: fp16 applies to TensorRT engines (--format tensorrt builds fp16 kernels from the "
+                          "fp32 graph); an fp16 ONNX file is not exported: onnxruntime's CPU provider has few fp16 "
+                          "kernels and jax2onnx 0.17 keeps LayerNorm outputs fp32 in an fp16 ConvNeXt")
+    if batch is not None and batch < 1:
+        raise ConfigError(f"--batch: must be >= 1, got {batch}")
+    if not atol > 0:
+        raise ConfigError(f"--atol: must be > 0, got {atol}")
+    if max_batch < 1:
+        raise ConfigError(f"--max-batch: must be >= 1, got {max_batch}")
+
+
+def _paths(st: Student, format: str, out: str | None) -> tuple[str, str | None]:
+    """(onnx path, engine path or None). Default: <workdir>/export/<student>.onnx / .engine."""
+    default_dir = os.path.join(st.workdir, "export")
+    if format == "onnx":
+        return out or os.path.join(default_dir, f"{st.name}.onnx"), None
+    engine = out or os.path.join(default_dir, f"{st.name}.engine")
+    return os.path.splitext(engine)[0] + ".onnx", engine
+
+
+def _metadata(st: Student, batch, opset, compat) -> dict:
+    import flax
+    import jax
+
+    p = st.preprocessing
+    h = w = st.spec.image_size
+    c = st.spec.in_channels
+    value_range = ("[0, 1] pixels; the graph computes (x - mean) / std itself" if p.fold else
+                   "normalised: (pixels - mean) / std with pixels in [0, 1]")
+    return {
+        "jkd.input": f"{INPUT_NAME}: float32 [{'B' if batch is None else batch}, {h}, {w}, {c}] (NHWC)",
+        "jkd.input_layout": "NHWC",
+        "jkd.input_value_range": value_range,
+        "jkd.preprocessing_folded": p.fold, "jkd.mean": list(p.mean), "jkd.std": list(p.std),
+        "jkd.resize": p.resize,
+        "jkd.output": f"{OUTPUT_NAME}: float32 [B, {st.spec.num_classes}], pre-softmax",
+        "jkd.num_classes": st.spec.num_classes,
+        "jkd.eval_mode": "no dropout or stochastic depth; a distillation-token ViT averages its two heads",
+        "jkd.student": st.name, "jkd.model_spec": st.spec.to_json(), "jkd.workdir": st.workdir,
+        "jkd.checkpoint_step": st.step, "jkd.dataset": st.config.get("data", {}).get("name", "digits"),
+        "jkd.opset": opset,
+        "jkd.exporter": f"jax2onnx {_version('jax2onnx')}, jax {jax.__version__}, flax {flax.__version__}",
+        "jkd.tensorrt_static_check": {k: v for k, v in compat.items() if k != "op_counts"},
+    }
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import version
+    return version(pkg)
+
+
+def _compact(report: dict) -> dict:
+    keep = ("inputs", "n", "batch", "max_abs_err", "max_rel_err", "top1_agree", "accuracy_exported", "accuracy_jax")
+    return {"atol": report["atol"], "rtol": report.get("rtol", 0.0), "ok": report["ok"],
+            "rows": [{k: r[k] for k in keep if k in r} for r in report["rows"]]}
+
+
+def export(workdir: str, student: str | None = None, *, format: str = "onnx", batch: int | None = None,
+           opset: int = DEFAULT_OPSET, dtype: str = "fp32", out: str | None = None, atol: float = DEFAULT_ATOL,
+           fold_preprocessing: bool = True, benchmark: bool = False, max_batch: int = DEFAULT_MAX_BATCH,
+           trt_max_opset: int = TRT_MAX_OPSET, n_real: int = 256, repeats: int = 20, log=print) -> dict:
+    """Export, verify (and optionally build the engine and benchmark) one student of `workdir`.
+
+    batch=None exports a symbolic batch dimension. Returns a dict with the artifact paths, the
+    TensorRT static check, parity reports, timings and (benchmark) latency rows; also written to
+    <artifact>.export.json. Raises ConfigError (user mistake), ParityError, TensorRTCompatError,
+    TensorRTError or ExportError; on any of them no artifact is left at the output paths.
+    """
+    import jax
+
+    log = log or (lambda *a, **k: None)
+    _check_args(format, batch, dtype, atol, max_batch)
+    check_opset(opset)
+    if opset > trt_max_opset:
+        raise ConfigError(f"--opset: {opset} is above {trt_max_opset}, the highest opset the targeted TensorRT "
+                          f"parses (TensorRT 10.0: 20, 10.15: 24; set trt_max_opset to target a newer one)")
+    if format == "tensorrt":
+        import_tensorrt(dtype == "fp16")  # fail before any work when TensorRT is missing
+    timings = {}
+    t0 = time.perf_counter()
+    st = load_student(workdir, student, fold_preprocessing=fold_preprocessing)
+    onnx_path, engine_path = _paths(st, format, out)
+    image_shape = (st.spec.image_size, st.spec.image_size, st.spec.in_channels)
+    log(f"student {st.name!r}: {st.spec.name}, {st.spec.num_classes} classes, input {list(image_shape)}, "
+        f"checkpoint step {st.step} of {st.workdir}")
+    # Reference: the model as trained (fp32 compute); exported: the same params traced with export_spec.
+    jax_fn = jax.jit(inference_fn(st.reference_spec, st.params, st.preprocessing))
+    timings["load_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    proto = to_onnx_model(inference_fn(st.export_spec, st.params, st.preprocessing), image_shape=image_shape,
+                          batch=batch, opset=opset, model_name=f"jkd_{st.name}")
+    timings["trace_s"] = time.perf_counter() - t0
+    compat = assert_tensorrt_compat(proto, max_opset=trt_max_opset)
+    log(f"TensorRT 10 static check: ok (opset {compat['opset']} within {compat['opset_range'][0]}-"
+        f"{compat['opset_range'][1]}; ops: {', '.join(f'{k} {v}' for k, v in compat['op_counts'].items())})")
+
+    result = {"student": st.name, "model": st.spec.name, "workdir": st.workdir, "step": st.step, "format": format,
+              "batch": batch, "opset": opset, "dtype": dtype, "onnx_path": onnx_path, "engine_path": engine_path,
+              "tensorrt_static_check": compat, "preprocessing_folded": st.preprocessing.fold}
+    meta = _metadata(st, batch, opset, compat)
+    t0 = time.perf_counter()
+    with staged_file(onnx_path) as tmp:
+        set_metadata(proto, meta)
+        save_onnx(proto, tmp)
+        session = ort_session(tmp)
+        sets, notes = verification_inputs(image_shape, st.preprocessing, st.config, batch=batch, n_real=n_real)
+        for note in notes:
+            log(f"note: {note}")
+        report = parity(ort_fn(session), jax_fn, sets, atol=atol)
+        log(format_parity(report))
+        check_parity(report)
+        meta["jkd.parity_onnxruntime"] = _compact(report)
+        set_metadata(proto, meta)
+        save_onnx(proto, tmp)
+    timings["write_and_verify_s"] = time.perf_counter() - t0
+    result.update(parity=report, parity_notes=notes, onnx_bytes=os.path.getsize(onnx_path))
+    log(f"wrote {onnx_path} ({os.path.getsize(onnx_path) / 1e6:.2f} MB, opset {opset}, batch "
+        f"{'symbolic B' if batch is None else batch})")
+
+    fp16 = dtype == "fp16"
+    trt_cmd_path = os.path.splitext(engine_path or onnx_path)[0] + ".trtexec.txt"
+    trt_cmd = trtexec_command(onnx_path, engine_path or os.path.splitext(onnx_path)[0] + ".engine",
+                              image_shape=image_shape, batch=batch, max_batch=max_batch, fp16=fp16)
+    with open(trt_cmd_path, "w") as f:
+        f.write(f"# TensorRT engine from the verified ONNX file (same settings as python -m jkd.export "
+                f"--format tensorrt{' --dtype fp16' if fp16 else ''}).\n{trt_cmd}\n")
+    result["trtexec_command"], result["trtexec_command_path"] = trt_cmd, trt_cmd_path
+
+    runner = None
+    if format == "tensorrt":
+        t0 = time.perf_counter()
+        with staged_file(engine_path) as tmp:
+            result["tensorrt"] = build_engine(onnx_path, tmp, image_shape=image_shape, batch=batch,
+                                              max_batch=max_batch, fp16=fp16)
+            runner = engine_runner(tmp)
+            trt_sets = [s for s in sets if batch is not None or s.batch <= max_batch]
+            trt_report = parity(runner, jax_fn, trt_sets, atol=atol, rtol=FP16_RTOL if fp16 else 0.0,
+                                backend=f"TensorRT {result['tensorrt']['tensorrt_version']} {dtype}")
+            log(format_parity(trt_report))
+            check_parity(trt_report)
+        timings["tensorrt_build_and_verify_s"] = time.perf_counter() - t0
+        result["parity_tensorrt"] = trt_report
+        log(f"wrote {engine_path}; trtexec equivalent in {trt_cmd_path}")
+
+    if benchmark:
+        backends = {"jax (jit)": jax_fn, "onnxruntime": ort_fn(session)}
+        if runner is not None:
+            backends[f"tensorrt {dtype}"] = runner
+        batches = (1, 32) if batch is None else (batch,)
+        rows = benchmark_latency(backends, image_shape, batches, repeats=repeats)
+        title = (f"Latency of {st.name!r} ({st.spec.name}, input {list(image_shape)}), median of {repeats} warm "
+                 f"calls, host arrays in and out. Machine: {machine()}.")
+        table = format_table(rows, title)
+        log(table)
+        bench_base = os.path.join(st.workdir, "export", f"latency_{st.name}")
+        os.makedirs(os.path.dirname(bench_base), exist_ok=True)
+        with open(bench_base + ".md", "w") as f:
+            f.write(table + "\n")
+        with open(bench_base + ".json", "w") as f:
+            json.dump({"machine": machine(), "rows": rows}, f, indent=2)
+        result.update(latency=rows, latency_table=table, latency_path=bench_base + ".md")
+
+    result["timings"] = timings
+    report_path = os.path.splitext(engine_path or onnx_path)[0] + ".export.json"
+    with open(report_path, "w") as f:
+        json.dump(result, f, indent=2, default=str)
+    result["report_path"] = report_path
+    return result
