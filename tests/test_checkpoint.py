@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_save_restore_round_trip_is_exact(tmp_path):
-    specs = {"vit": ModelSpec("vit_atto4", 10, 8, 1), "convnext": ModelSpec("convnext_atto", 10, 8, 1,
+    specs = {"vit": ModelSpec("vit_atto4", 10, 8, 1), "convnext": ModelSpec("convnext_zepto", 10, 8, 1,
                                                                             kwargs=(("stem_stride", 1),))}
     txs = {n: optax.adamw(1e-3) for n in specs}
     state = init_state(specs, txs, seed=3)

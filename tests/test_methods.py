@@ -56,7 +56,7 @@ def test_every_method_in_one_run(teachers, tmp_path):
     trained together from one teacher forward."""
     c = _distill(teachers["a"], hinton=model_config("vit_atto4"), hard=model_config("vit_atto4"),
                  dkd=model_config("vit_atto4"), nkd=model_config("vit_atto4"), vitkd=model_config("vit_atto4"),
-                 align=model_config("convnext_atto", stem_stride=1))
+                 align=model_config("convnext_zepto", stem_stride=1))
     for name in ("hinton", "hard", "dkd", "nkd"):
         c.students[name].kd = {"method": name}
     c.students.vitkd.feature_kd = {"method": "vitkd"}

@@ -21,7 +21,7 @@ def _distill_run(config, workdir, mesh_shape, devices):
     config.mesh.data, config.mesh.fsdp = mesh_shape
     config.mesh.min_shard_size = 256  # small enough that the tiny models really get split over fsdp
     config.steps, config.log_every = 2, 1
-    config.students = {"vit": model_config("vit_atto4"), "convnext": model_config("convnext_atto", stem_stride=1)}
+    config.students = {"vit": model_config("vit_atto4"), "convnext": model_config("convnext_zepto", stem_stride=1)}
     data = make_data(config.data, seed=0, global_batch_size=config.batch_size)
     specs = {n: model_spec(e, config, data.num_classes) for n, e in config.students.items()}
     teacher_spec = ModelSpec("vit_femto4", data.num_classes, 8, 1)

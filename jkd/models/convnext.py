@@ -20,8 +20,10 @@ from flax import nnx
 
 from jkd.models.layers import drop_path, split_key
 
-# name: (depths, widths). T/S/B/L from the paper; atto..nano are timm's small variants for CPU work.
+# name: (depths, widths). T/S/B/L from the paper; atto..nano are timm's small variants for CPU work;
+# zepto is jkd's own one-block-per-stage size for fast tests (not a published model).
 CONVNEXT_SIZES = {
+    "zepto": ((1, 1, 1, 1), (16, 32, 64, 128)),
     "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
     "femto": ((2, 2, 6, 2), (48, 96, 192, 384)),
     "pico": ((2, 2, 6, 2), (64, 128, 256, 512)),

@@ -1,0 +1,27 @@
+"""CIFAR-100 teacher: ViT-B/16 at 224 px from labels (or fine-tune an imported one by pointing a
+distill/finetune recipe at it). Hardware: one GPU or TPU host. Expected time and accuracy: NOT
+measured in this repository yet.
+
+    python -m jkd.main --config configs/cifar100_teacher.py --workdir /ckpt/c100_teacher
+"""
+from jkd.config import base_config, model_config
+
+
+def get_config(arg=None):
+    c = base_config()
+    c.trainer = "supervised"
+    c.dtype = "bfloat16"
+    c.model = model_config("vit_b16", drop_path_rate=0.1)
+    c.data.name = "cifar100"
+    c.data.train_split, c.data.eval_split = "train", "test"
+    c.data.image_size, c.data.channels = 224, 3
+    c.augment.crop_scale = (0.35, 1.0)
+    c.augment.flip = True
+    c.augment.mixup_alpha = 0.2
+    c.label_smoothing = 0.1
+    c.batch_size = 512
+    c.eval_batch_size = 500
+    c.steps = 30_000
+    c.optimizer.lr = 5e-4
+    c.optimizer.warmup_steps = 1000
+    return c

@@ -1,0 +1,31 @@
+"""CIFAR-100: a ViT teacher (trained with configs/cifar100_teacher.py or imported) into ViT-S/16 and
+ConvNeXt-T at 224 px (upsampled), one teacher forward for both students.
+
+Hardware: one GPU or TPU host. Expected time and accuracy: NOT measured in this repository yet.
+
+    python -m jkd.main --config configs/cifar100_teacher.py --workdir /ckpt/c100_teacher
+    python -m jkd.main --config configs/cifar100_vit_to_s16_convnext_t.py:/ckpt/c100_teacher \
+        --workdir /ckpt/c100_students
+"""
+from jkd.config import base_config, model_config
+
+
+def get_config(arg=None):
+    c = base_config()
+    c.trainer = "distill"
+    c.teacher.checkpoint = arg or ""
+    c.dtype = "bfloat16"
+    c.data.name = "cifar100"
+    c.data.train_split, c.data.eval_split = "train", "test"
+    c.data.image_size, c.data.channels = 224, 3
+    c.augment.crop_scale = (0.35, 1.0)
+    c.augment.flip = True
+    c.augment.mixup_alpha = 0.2
+    c.kd.method, c.kd.temperature, c.kd.weight = "hinton", 4.0, 0.9
+    c.students = dict(vit=model_config("vit_s16", drop_path_rate=0.1), convnext=model_config("convnext_t"))
+    c.batch_size = 512
+    c.eval_batch_size = 500
+    c.steps = 30_000
+    c.optimizer.lr = 1e-3
+    c.optimizer.warmup_steps = 1000
+    return c
