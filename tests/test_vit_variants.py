@@ -56,7 +56,7 @@ def test_distillation_token_heads_and_features():
 
 
 def test_distillation_token_needs_cls_pool():
-    with pytest.raises(ValueError, match="distillation_token=True needs pool='cls'"):
+    with pytest.raises(ValueError, match="distillation_token: needs pool='cls'"):  # a ConfigError at start-up
         create_model("vit_atto4", num_classes=5, image_size=8, distillation_token=True, pool="gap")
 
 
