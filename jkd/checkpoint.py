@@ -82,6 +82,21 @@ def read_run_info(workdir: str) -> dict | None:
         return json.load(f)
 
 
+def require_run_info(workdir: str, field: str, *, shown_path: str | None = None, hint: str = "") -> dict:
+    """run.json of an existing jkd workdir, or a ConfigError naming `field` (missing directory,
+    unreadable file, not a jkd workdir)."""
+    shown = shown_path or workdir
+    if not os.path.isdir(workdir):
+        raise ConfigError(f"{field}: {shown} does not exist")
+    try:
+        info = read_run_info(workdir)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{field}: cannot read {os.path.join(workdir, RUN_FILE)}: {e}") from None
+    if info is None:
+        raise ConfigError(f"{field}: {shown} is not a jkd workdir (no {RUN_FILE}){hint}")
+    return info
+
+
 def check_workdir_compatible(workdir: str, specs: dict) -> None:
     """A workdir that already holds checkpoints must hold the same models (names and architectures)."""
     ckpt = checkpoint_dir(workdir)
@@ -116,14 +131,7 @@ def load_teacher(path: str, *, model_key: str = "", field: str = "config.teacher
     if not path:
         raise ConfigError(f"{field}: no teacher given (set it to a teacher workdir or checkpoint directory)")
     workdir, step = _resolve_teacher_path(path)
-    if not os.path.isdir(workdir):
-        raise ConfigError(f"{field}: {path} does not exist")
-    try:
-        info = read_run_info(workdir)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{field}: cannot read {os.path.join(workdir, RUN_FILE)}: {e}") from None
-    if info is None:
-        raise ConfigError(f"{field}: {path} is not a jkd workdir (no {RUN_FILE})")
+    info = require_run_info(workdir, field, shown_path=path)
     models = info["models"]
     if not model_key:
         if len(models) != 1:

@@ -7,12 +7,11 @@ tfds.testing.mock_data), teacher loading and objectives run end to end on a CPU 
 import importlib.util
 import os
 
-import jax
 import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
 
-from jkd.config import model_config, validate
+from jkd.config import validate
 from jkd.main import run
 from jkd.models import count_params
 from jkd.train.supervised import model_spec

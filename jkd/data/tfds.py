@@ -17,7 +17,6 @@ from __future__ import annotations
 import difflib
 import io
 import math
-from collections.abc import Sequence
 
 import grain
 import numpy as np

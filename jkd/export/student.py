@@ -16,7 +16,7 @@ import os
 import numpy as np
 from flax import nnx
 
-from jkd.checkpoint import RUN_FILE, checkpoint_dir, read_run_info, restore_params
+from jkd.checkpoint import checkpoint_dir, read_run_info, require_run_info, restore_params
 from jkd.errors import ConfigError
 from jkd.train.state import ModelSpec, graphdef_and_shapes
 
@@ -130,14 +130,7 @@ def load_student(workdir: str, student: str | None = None, *, fold_preprocessing
 
     Raises ConfigError naming --workdir / --student for every user mistake.
     """
-    if not os.path.isdir(workdir):
-        raise ConfigError(f"--workdir: {workdir} does not exist")
-    try:
-        info = read_run_info(workdir)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"--workdir: cannot read {os.path.join(workdir, RUN_FILE)}: {e}") from None
-    if info is None:
-        raise ConfigError(f"--workdir: {workdir} is not a jkd workdir (no {RUN_FILE}){_subdir_hint(workdir)}")
+    info = require_run_info(workdir, "--workdir", hint=_subdir_hint(workdir) if os.path.isdir(workdir) else "")
     models = info.get("models") or {}
     if student is None:
         if len(models) != 1:

@@ -12,7 +12,6 @@ import os
 import time
 
 import jax
-import numpy as np
 from tqdm.auto import tqdm
 
 from jkd import checkpoint, sharding
