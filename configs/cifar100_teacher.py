@@ -4,20 +4,14 @@ measured in this repository yet.
 
     python -m jkd.main --config configs/cifar100_teacher.py --workdir /ckpt/c100_teacher
 """
-from jkd.config import base_config, model_config
+from jkd.config import base_config, model_config, use_cifar100
 
 
 def get_config(arg=None):
     c = base_config()
     c.trainer = "supervised"
-    c.dtype = "bfloat16"
     c.model = model_config("vit_b16", drop_path_rate=0.1)
-    c.data.name = "cifar100"
-    c.data.train_split, c.data.eval_split = "train", "test"
-    c.data.image_size, c.data.channels = 224, 3
-    c.augment.crop_scale = (0.35, 1.0)
-    c.augment.flip = True
-    c.augment.mixup_alpha = 0.2
+    use_cifar100(c)
     c.label_smoothing = 0.1
     c.batch_size = 512
     c.eval_batch_size = 500

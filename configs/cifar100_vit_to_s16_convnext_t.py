@@ -7,20 +7,14 @@ Hardware: one GPU or TPU host. Expected time and accuracy: NOT measured in this 
     python -m jkd.main --config configs/cifar100_vit_to_s16_convnext_t.py:/ckpt/c100_teacher \
         --workdir /ckpt/c100_students
 """
-from jkd.config import base_config, model_config
+from jkd.config import base_config, model_config, use_cifar100
 
 
 def get_config(arg=None):
     c = base_config()
     c.trainer = "distill"
     c.teacher.checkpoint = arg or ""
-    c.dtype = "bfloat16"
-    c.data.name = "cifar100"
-    c.data.train_split, c.data.eval_split = "train", "test"
-    c.data.image_size, c.data.channels = 224, 3
-    c.augment.crop_scale = (0.35, 1.0)
-    c.augment.flip = True
-    c.augment.mixup_alpha = 0.2
+    use_cifar100(c)
     c.kd.method, c.kd.temperature, c.kd.weight = "hinton", 4.0, 0.9
     c.students = dict(vit=model_config("vit_s16", drop_path_rate=0.1), convnext=model_config("convnext_t"))
     c.batch_size = 512

@@ -10,18 +10,14 @@ RegNetY-16GF teacher, 300 epochs): DeiT-S 79.9 -> DeiT-S with distillation token
         --workdir /ckpt/b16_to_deit_s16 --config.data.data_dir=DATA_DIR
 Loss: 0.5 CE(CLS head, labels) + 0.5 CE(distillation head, teacher argmax); inference averages heads.
 """
-from jkd.config import base_config, model_config
+from jkd.config import base_config, model_config, use_imagenet
 
 
 def get_config(arg=None):
     c = base_config()
     c.trainer = "distill"
     c.teacher.checkpoint = arg or ""
-    c.dtype = "bfloat16"
-    c.data.name = "imagenet2012"
-    c.data.train_split, c.data.eval_split = "train", "validation"
-    c.data.image_size, c.data.channels = 224, 3
-    c.data.mean, c.data.std = 0.5, 0.5
+    use_imagenet(c)
     c.augment.crop_scale = (0.08, 1.0)
     c.augment.flip = True
     c.augment.mixup_alpha = 0.8

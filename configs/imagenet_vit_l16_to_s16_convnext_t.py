@@ -16,18 +16,14 @@ Function matching (consistent views + mixup on every batch, KL only). The ConvNe
 aligns its last stage to the teacher's patch-token map (feature_kd 'align'); drop it with
 --config.students.convnext.feature_kd.method=none.
 """
-from jkd.config import base_config, model_config
+from jkd.config import base_config, model_config, use_imagenet
 
 
 def get_config(arg=None):
     c = base_config()
     c.trainer = "distill"
     c.teacher.checkpoint = arg or ""
-    c.dtype = "bfloat16"
-    c.data.name = "imagenet2012"
-    c.data.train_split, c.data.eval_split = "train", "validation"
-    c.data.image_size, c.data.channels = 224, 3
-    c.data.mean, c.data.std = 0.5, 0.5          # AugReg/timm ViT-L/16 input normalisation
+    use_imagenet(c)
     c.augment.crop_scale = (0.08, 1.0)
     c.augment.flip = True
     c.augment.mixup_alpha = 0.4

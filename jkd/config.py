@@ -99,6 +99,26 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def use_imagenet(c: ml_collections.ConfigDict) -> None:
+    """TFDS imagenet2012 at 224 px, RGB, (x - 0.5) / 0.5 (AugReg/timm ViT normalisation), bf16."""
+    c.dtype = "bfloat16"
+    c.data.name = "imagenet2012"
+    c.data.train_split, c.data.eval_split = "train", "validation"
+    c.data.image_size, c.data.channels = 224, 3
+    c.data.mean, c.data.std = 0.5, 0.5
+
+
+def use_cifar100(c: ml_collections.ConfigDict) -> None:
+    """TFDS cifar100 upsampled to 224 px, RGB, bf16, crops (0.35-1), flips, mixup 0.2."""
+    c.dtype = "bfloat16"
+    c.data.name = "cifar100"
+    c.data.train_split, c.data.eval_split = "train", "test"
+    c.data.image_size, c.data.channels = 224, 3
+    c.augment.crop_scale = (0.35, 1.0)
+    c.augment.flip = True
+    c.augment.mixup_alpha = 0.2
+
+
 def _check_model_entry(entry, image_size: int, field: str) -> None:
     check_model(entry.name, image_size=image_size, field=field, **dict(entry.get("kwargs", {})))
 

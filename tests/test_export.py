@@ -386,16 +386,6 @@ def test_tensorrt_build_path_with_stand_in(exported, tmp_path, monkeypatch):
         build_engine(onnx_path, str(tmp_path / "e.engine"), image_shape=(8, 8, 1), batch=None, fp16=True)
 
 
-def _vit_variants_supported() -> bool:
-    from jkd.models import check_model
-    try:
-        check_model("vit_atto4", image_size=8, distillation_token=True, num_register_tokens=1)
-    except ConfigError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _vit_variants_supported(), reason="this checkout's ViT has no distillation token/registers")
 def test_deit_student_exports_the_average_of_both_heads():
     spec = ModelSpec("vit_atto4", 10, 8, 1, kwargs=(("distillation_token", True), ("num_register_tokens", 2)))
     params = random_params(spec)
