@@ -2,25 +2,40 @@
 
 Layout of a workdir:
     <workdir>/run.json            trainer, model specs {name: ModelSpec}, the config (written at start)
-    <workdir>/checkpoints/<step>/ orbax items: `params` ({name: params}) and `train` (step, rng, opt_state)
+    <workdir>/checkpoints/<step>/ orbax items: `params` ({name: params}), `train` (step, rng, opt_state)
+                                  and `meta` (JSON: step, data seed, fingerprint of the whole state)
+    <workdir>/corrupt_checkpoints/<step>/  steps found unreadable on resume (moved aside, never deleted)
     <workdir>/metrics.jsonl, summary.json, ...
 
 Params and optimizer state are separate items so a teacher is loaded by restoring `params` alone.
 Saves are asynchronous (training continues while the previous step is written); the last N are kept;
-rerunning the same command resumes from the latest step.
+rerunning the same command resumes from the latest step. The resumable state is complete: step,
+augmentation rng and the data seed (batch i is a pure function of (seed, i)), so a resumed run is
+bit-identical to an uninterrupted one.
+
+Integrity: a step that fails to restore (truncated or half-written files) or whose restored values
+do not reproduce the fingerprint written with them (bit rot: orbax has no checksums) is reported
+with a warning, moved to corrupt_checkpoints/, and the previous step is tried. Orbax only deletes
+old steps after a newer one is committed, so the last good copy is never the one deleted.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from jkd.errors import ConfigError
 from jkd.train.state import ModelSpec, TrainState, graphdef_and_shapes
 
 RUN_FILE = "run.json"
+ITEMS = ("params", "train", "meta")
+CORRUPT_DIR = "corrupt_checkpoints"
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -29,36 +44,126 @@ def checkpoint_dir(workdir: str) -> str:
 
 def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
     """CheckpointManager over <workdir>/checkpoints keeping the latest `keep` steps."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=("params", "train"))
+    # cleanup_tmp_directories: a save killed mid-write leaves an uncommitted tmp dir, never a good copy.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+                                           cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
 
 
-def save(manager: ocp.CheckpointManager, state: TrainState) -> None:
-    """Start saving `state` at its step (returns before the write finishes when async)."""
+@jax.jit
+def fingerprint(tree) -> jax.Array:
+    """uint32[] hash of every bit of a pytree of arrays: a weighted wrap-around sum of the leaves'
+    bit patterns. Integer addition is exact and order-free, so the value does not depend on how
+    the arrays are sharded (a checkpoint restored under another mesh has the same fingerprint)."""
+    total = jnp.zeros((), jnp.uint32)
+    for i, leaf in enumerate(jax.tree.leaves(tree)):
+        leaf = jnp.asarray(leaf)
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        if leaf.dtype == jnp.bool_:
+            leaf = leaf.astype(jnp.uint8)
+        bits = jax.lax.bitcast_convert_type(leaf, jnp.dtype(f"uint{8 * leaf.dtype.itemsize}")).astype(jnp.uint32)
+        # Position weights make a swap of two elements or two leaves change the sum.
+        weights = jnp.arange(bits.size, dtype=jnp.uint32).reshape(bits.shape) * jnp.uint32(2654435761) + jnp.uint32(1)
+        total = total + jnp.uint32(2 * i + 1) * jnp.sum(bits * weights, dtype=jnp.uint32)
+    return total
+
+
+def save(manager: ocp.CheckpointManager, state: TrainState, *, data_seed: int = 0) -> None:
+    """Start saving `state` at its step (returns before the write finishes when async).
+
+    data_seed: the seed of the batch stream (batch i = f(data_seed, i)), checked on resume."""
     train = {"step": state.step, "rng": state.rng, "opt_state": state.opt_state}
+    meta = {"step": int(state.step), "data_seed": int(data_seed), "fingerprint": int(fingerprint(state))}
     manager.save(int(state.step), args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state.params), train=ocp.args.StandardSave(train)))
+        params=ocp.args.StandardSave(state.params), train=ocp.args.StandardSave(train),
+        meta=ocp.args.JsonSave(meta)))
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState) -> TrainState | None:
-    """Restore the latest step into the layout (shapes, shardings) of abstract_state; None if none."""
-    step = manager.latest_step()
-    if step is None:
-        return None
+def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState) -> tuple[TrainState, dict]:
     abstract_train = {"step": abstract_state.step, "rng": abstract_state.rng, "opt_state": abstract_state.opt_state}
-    restored = manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_state.params), train=ocp.args.StandardRestore(abstract_train)))
+    has_meta = os.path.isdir(os.path.join(str(manager.directory), str(step), "meta"))
+    items = dict(params=ocp.args.StandardRestore(abstract_state.params), train=ocp.args.StandardRestore(abstract_train))
+    if has_meta:  # checkpoints written before the integrity item existed restore without the check
+        items["meta"] = ocp.args.JsonRestore()
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
     train = restored["train"]
-    return TrainState(step=train["step"], rng=train["rng"], params=restored["params"], opt_state=train["opt_state"])
+    state = TrainState(step=train["step"], rng=train["rng"], params=restored["params"], opt_state=train["opt_state"])
+    meta = dict(restored["meta"]) if has_meta else {}
+    if has_meta and (int(fingerprint(state)) != meta["fingerprint"] or int(state.step) != meta["step"]):
+        raise ValueError(f"restored values do not match the fingerprint saved with them (bit-level corruption)")
+    return state, meta
+
+
+def _warn(message: str) -> None:
+    if jax.process_index() == 0:
+        print(f"jkd: warning: {message}", file=sys.stderr, flush=True)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState, *,
+                   data_seed: int | None = None) -> TrainState | None:
+    """Restore the newest readable step into the layout (shapes, shardings) of abstract_state;
+    None if there is no checkpoint.
+
+    A step that cannot be restored or fails its fingerprint is reported, moved to
+    <workdir>/corrupt_checkpoints/ (once an older step restored, so a later save can reuse the
+    step number) and the next older step is tried. Raises ConfigError when no step is readable
+    (nothing is moved then) or when the checkpoint's data seed differs from `data_seed`.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    bad: list[tuple[int, str]] = []
+    for step in steps:
+        try:
+            state, meta = _restore_step(manager, step, abstract_state)
+        except Exception as e:  # orbax/tensorstore raise many types for unreadable files
+            bad.append((step, f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"))
+            _warn(f"checkpoint step {step} is unreadable ({bad[-1][1]}); trying the previous one")
+            continue
+        if data_seed is not None and "data_seed" in meta and meta["data_seed"] != data_seed:
+            raise ConfigError(f"config.seed: the checkpoint at step {step} in {manager.directory} was trained with "
+                              f"seed {meta['data_seed']}, this run asks for {data_seed}; resuming would change the "
+                              f"data order. Use the original seed or another --workdir.")
+        if bad:
+            _quarantine(manager, [s for s, _ in bad])
+            _warn(f"resumed from step {step}; moved the unreadable step(s) {[s for s, _ in bad]} to "
+                  f"{os.path.join(os.path.dirname(str(manager.directory)), CORRUPT_DIR)}")
+        return state
+    if bad:
+        raise ConfigError(f"--workdir: no readable checkpoint under {manager.directory}: "
+                          + "; ".join(f"step {s}: {why}" for s, why in bad)
+                          + ". Move the checkpoints directory aside to start afresh.")
+    return None
+
+
+def _quarantine(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+    """Move step directories aside (process 0; every process waits for it) and rescan."""
+    root = str(manager.directory)
+    if jax.process_index() == 0:
+        dest = os.path.join(os.path.dirname(root), CORRUPT_DIR)
+        os.makedirs(dest, exist_ok=True)
+        for step in steps:
+            target = os.path.join(dest, str(step))
+            n = 1
+            while os.path.exists(target):
+                target, n = os.path.join(dest, f"{step}.{n}"), n + 1
+            shutil.move(os.path.join(root, str(step)), target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("jkd_checkpoint_quarantine")
+    manager.reload()
 
 
 def restore_params(workdir: str, step: int | None = None) -> dict:
     """The `params` item ({name: params} as host arrays) of step `step` (default: latest) of a workdir."""
-    manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=("params", "train"),
+    manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=ITEMS,
                                     options=ocp.CheckpointManagerOptions(create=False))
     try:
         step = manager.latest_step() if step is None else step
-        return manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
+        # Fallback to one local device: the saved sharding may name devices of another topology
+        # (a multi-process run read back in a single process).
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        restored = manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(fallback_sharding=device)))
+        return jax.device_get(restored["params"])
     finally:
         manager.close()
 
@@ -140,7 +245,7 @@ def load_teacher(path: str, *, model_key: str = "", field: str = "config.teacher
     if model_key not in models:
         raise ConfigError(f"config.teacher.model_key: {model_key!r} not in {sorted(models)}")
     spec = ModelSpec.from_json(models[model_key])
-    manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=("params", "train"),
+    manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=ITEMS,
                                     options=ocp.CheckpointManagerOptions(create=False))
     step = manager.latest_step() if step is None else step
     if step is None or step not in manager.all_steps():

@@ -10,7 +10,7 @@ import ml_collections
 from jkd.errors import ConfigError
 from jkd.models import check_model
 
-TRAINERS = ("supervised", "distill", "quickstart", "theory")
+TRAINERS = ("supervised", "distill", "quickstart", "theory", "ensemble", "fairness")
 
 
 def model_config(name: str, **kwargs) -> ml_collections.ConfigDict:
@@ -20,7 +20,7 @@ def model_config(name: str, **kwargs) -> ml_collections.ConfigDict:
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.trainer = "supervised"        # supervised | distill | quickstart
+    c.trainer = "supervised"        # supervised | distill | quickstart | theory | ensemble
     c.seed = 0                      # init, data order, augmentation
     c.dtype = "float32"             # compute dtype (params stay fp32); bfloat16 on accelerators
     c.steps = 1000                  # optimizer steps
@@ -53,6 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher.checkpoint = ""       # teacher workdir (latest step) or <workdir>/checkpoints/<step>;
                                     # several, comma-separated = an ensemble of teachers
     c.teacher.model_key = ""        # which model of a multi-model teacher run ('' = the only one)
+    c.teacher.attention_impl = ""   # ViT teachers' attention: '' = as trained, 'xla', 'cudnn' (GPU flash)
+    c.teacher.attention_pad_to = -1  # ViT teachers: -1 = as trained, k >= 0 pads tokens to a multiple of k
     c.teacher.ensemble = "mean_probs"  # several teachers: 'mean_probs' (target = mean of their
                                        # probabilities at T) or 'mean_loss' (mean of per-teacher losses)
     c.generations = 1               # self-distillation: generation k+1 learns from generation k
@@ -96,6 +98,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 500        # async checkpoint interval (also saved at the last step)
     c.keep_checkpoints = 2          # how many steps to keep on disk
     c.progress = True               # tqdm progress bar
+    c.nonfinite = "stop"            # non-finite loss/grad norm: 'stop' (error naming step and metric) | 'skip' the update
+
+    c.distributed = ml_collections.ConfigDict()  # multi-process (jkd/distributed.py); env JKD_* fills unset fields
+    c.distributed.coordinator_address = ""  # host:port of process 0; '' = single process; 'auto' = jax cluster detection
+    c.distributed.num_processes = 0  # processes in the job (0 = from JKD_NUM_PROCESSES)
+    c.distributed.process_id = -1    # this process (-1 = from JKD_PROCESS_ID)
     return c
 
 
@@ -138,6 +146,13 @@ def validate(config) -> None:
         raise ConfigError(f"config.trainer: unknown trainer {config.get('trainer')!r} (known: {', '.join(TRAINERS)})")
     if config.trainer == "theory":  # its own config layout, checked by jkd.probes.theory
         return
+    if config.trainer == "fairness":  # its own config layout, checked by jkd.probes.fairness
+        from jkd.probes.fairness import check_config
+        check_config(config)
+        return
+    if config.trainer == "ensemble":  # its stages are checked by jkd.probes.ensemble.check_config
+        from jkd.probes.ensemble import check_config
+        return check_config(config)
     _positive(config, "steps", "batch_size", "eval_batch_size", "log_every", "checkpoint_every",
               "keep_checkpoints", "data.image_size")
     if config.data.channels not in (1, 3):

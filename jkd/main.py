@@ -8,6 +8,7 @@ stderr without a traceback and exit with status 2; anything else is a bug and ke
 """
 from __future__ import annotations
 
+import re
 import sys
 
 from absl import app, flags, logging
@@ -34,19 +35,48 @@ def run(config, workdir: str) -> dict:
     if config.trainer == "theory":
         from jkd.probes.theory import run_theory
         return run_theory(config, workdir)
+    if config.trainer == "fairness":
+        from jkd.probes.fairness import run_fairness
+        return run_fairness(config, workdir)
+    if config.trainer == "ensemble":
+        from jkd.probes.ensemble import run_ensemble
+        return run_ensemble(config, workdir)
     from jkd.train.quickstart import run_quickstart
     return run_quickstart(config, workdir)
 
 
+def _fail(message: str) -> None:
+    print(f"jkd: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with user mistakes as exit-2 errors: a bad value, or a `--config.<path>`
+    override naming no field (ml_collections raises a bare AttributeError/KeyError for that)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail(str(e))
+    except (AttributeError, KeyError) as e:
+        text = str(e.args[0]) if e.args else str(e)
+        m = re.search(r"Did you mean \"([^\"]+)\" instead of \"([^\"]+)\"", text)
+        bad = m.group(2) if m else text.strip("'\"").split("\\n")[0].strip("'\"")
+        arg = next((a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and
+                    re.search(rf"[.]{re.escape(bad)}(?:[.=]|$)", a)), "--config")
+        _fail(f"{arg}: the config has no field {bad!r}" + (f"; did you mean {m.group(1)!r}?" if m else ""))
+
+
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=2)
     if _CONFIG.value is None:
-        raise app.UsageError("--config is required, e.g. --config configs/quickstart.py")
+        raise app.UsageError("--config is required, e.g. --config configs/quickstart.py", exitcode=2)
     if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required")
+        raise app.UsageError("--workdir is required", exitcode=2)
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     try:
+        from jkd import distributed
+        distributed.initialize(_CONFIG.value)  # before anything touches a device
         run(_CONFIG.value, _WORKDIR.value)
     except ConfigError as e:
         print(f"jkd: error: {e}", file=sys.stderr)
@@ -54,4 +84,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

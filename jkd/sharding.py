@@ -92,6 +92,14 @@ def put_batch(batch: dict, mesh: Mesh) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
+def planned_bytes_per_device(tree, shardings) -> int:
+    """Bytes one device will hold of a pytree of arrays / ShapeDtypeStructs placed with `shardings`
+    (NamedShardings split evenly, so the figure is the same on every device). Works on
+    jax.eval_shape output: sizes a ViT-H teacher's layout without allocating it."""
+    return sum(math.prod(sh.shard_shape(tuple(x.shape))) * np.dtype(x.dtype).itemsize
+               for x, sh in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)))
+
+
 def bytes_per_device(tree) -> dict:
     """Bytes of a placed pytree held by each device: {device_id: bytes} (for FSDP accounting)."""
     out: dict = {}

@@ -41,7 +41,7 @@ from jkd.errors import ConfigError
 
 # Trainer-specific extras: start-up checks beyond jkd.config.validate, and sweep figures.
 _CHECKS = {"theory": "jkd.probes.theory:check_config"}
-_FIGURES = {"theory": "jkd.probes.theory:sweep_figures"}
+_FIGURES = {"theory": "jkd.probes.theory:sweep_figures", "fairness": "jkd.probes.fairness:sweep_figures"}
 _PERCENT = re.compile(r"(acc|accuracy|agreement|views_both|views_one|views_none)$")
 
 
@@ -287,9 +287,7 @@ def plot_sweep(rows: list[dict], sweeps: dict, out_dir: str, group_over=("seed",
     """For every swept numeric field (not grouped over) with >= 2 values and every measure matching
     plot_metrics: <out_dir>/<measure>_vs_<field>.png, one line per metric prefix and combination of
     the other swept fields, error bars = std over the grouped-over fields. Returns the paths."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the backend is the caller's (Agg when headless, inline in notebooks)
 
     pattern = re.compile(plot_metrics)
     paths = []

@@ -124,3 +124,46 @@ def test_cli_reports_user_errors_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "config.teacher_model.name: unknown model 'vit_nope4'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _cli(tmp_path, *overrides):
+    return subprocess.run(
+        [sys.executable, "-m", "jkd.main", "--config", os.path.join(REPO, "configs/quickstart.py"),
+         "--workdir", str(tmp_path), *overrides], cwd=REPO, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.kd.temprature=2", "--config.kd.temprature: the config has no field 'temprature'; "
+                                 "did you mean 'temperature'?"),
+    ("--config.steps=abc", "--config.steps=abc: invalid literal for int()"),
+])
+def test_cli_unknown_field_or_wrong_type_is_exit_2(tmp_path, override, message):
+    proc = _cli(tmp_path, override)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("steps", 0, r"config\.steps: must be a positive integer, got 0"),
+    ("batch_size", 16.5, r"config\.batch_size: must be a positive integer, got 16\.5"),
+    ("data.channels", 2, r"config\.data\.channels: must be 1 or 3, got 2"),
+    ("data.image_size", -8, r"config\.data\.image_size: must be a positive integer"),
+    ("kd.weight", 1.5, r"config\.kd\.weight: must be in \[0, 1\], got 1\.5"),
+    ("augment.crop_scale", (0.8, 0.2), r"config\.augment\.crop_scale: need \(min, max\)"),
+    ("nonfinite", "ignore", r"config\.nonfinite: must be one of \('stop', 'skip'\), got 'ignore'"),
+    ("trainer", "distil", r"config\.trainer: unknown trainer 'distil'"),
+])
+def test_out_of_range_fields(tiny_config, tmp_path, no_compile, field, value, match):
+    *parents, leaf = field.split(".")
+    section = tiny_config
+    for p in parents:
+        section = section[p]
+    with section.ignore_type():
+        section[leaf] = value
+    with pytest.raises(ConfigError, match=match):
+        run(tiny_config, str(tmp_path))
+
+
+def test_unknown_dataset_name(tiny_config, tmp_path, no_compile):
+    tiny_config.data.name = "digitz"
+    with pytest.raises(ConfigError, match=r"config\.data\.name: "):
+        run(tiny_config, str(tmp_path))

@@ -12,7 +12,10 @@ def test_quickstart_smoke(tmp_path):
     cmd = [sys.executable, "-m", "jkd.main", "--config", os.path.join(REPO, "configs/quickstart.py"),
            "--workdir", workdir, "--config.steps=3", "--config.teacher_steps=3",
            "--config.optimizer.warmup_steps=1", "--config.progress=False"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    # One CPU device, as on a user's laptop (the conftest's 8 fake devices only slow compiling here).
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "").replace(
+        "--xla_force_host_platform_device_count=8", "").strip()}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(os.path.join(workdir, "results.json")) as f:
         results = json.load(f)
@@ -27,7 +30,7 @@ def test_quickstart_smoke(tmp_path):
     # A rerun finds every stage finished: nothing is trained or logged twice, same table.
     logs = {stage: open(os.path.join(workdir, stage, "metrics.jsonl")).read()
             for stage in ("teacher", "kd_hinton", "label_only_vit", "label_only_convnext")}
-    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     for stage, log in logs.items():
         assert open(os.path.join(workdir, stage, "metrics.jsonl")).read() == log

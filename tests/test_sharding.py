@@ -30,15 +30,15 @@ def _distill_run(config, workdir, mesh_shape, devices):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         losses = [{k: v for k, v in json.loads(line).items() if k.endswith("/loss")} for line in f
                   if json.loads(line)["split"] == "train"]
-    return losses, jax.device_get(state.params), state
+    return losses, jax.device_get(state.params), state, summary
 
 
 @pytest.mark.parametrize("mesh_shape", [(4, 2), (8, 1)])
 def test_sharded_distill_step_matches_single_device(tiny_config, tmp_path, mesh_shape):
     tiny_config.data.image_size = 8
-    ref_losses, ref_params, _ = _distill_run(tiny_config.copy_and_resolve_references(), str(tmp_path / "one"),
+    ref_losses, ref_params, _, ref_summary = _distill_run(tiny_config.copy_and_resolve_references(), str(tmp_path / "one"),
                                              (1, 1), jax.devices()[:1])
-    losses, params, state = _distill_run(tiny_config.copy_and_resolve_references(), str(tmp_path / "all"),
+    losses, params, state, summary = _distill_run(tiny_config.copy_and_resolve_references(), str(tmp_path / "all"),
                                          mesh_shape, jax.devices())
     assert len(jax.devices()) == 8
     for a, b in zip(losses, ref_losses):
@@ -48,6 +48,21 @@ def test_sharded_distill_step_matches_single_device(tiny_config, tmp_path, mesh_
     if mesh_shape[1] > 1:  # some parameters really are split over the fsdp axis
         specs = [leaf.sharding.spec for leaf in jax.tree.leaves(state.params)]
         assert any("fsdp" in tuple(s) for s in specs)
+        # The teacher is spread too: each device holds little more than 1/fsdp of its bytes.
+        assert summary["teacher"]["param_bytes_per_device"] < 0.6 * ref_summary["teacher"]["param_bytes_per_device"]
+
+
+@pytest.mark.parametrize("name, num_params", [("vit_l16", 304_326_632), ("vit_h14", 632_045_800)])
+def test_large_teacher_params_spread_over_fsdp(name, num_params):
+    # eval_shape only: the layout of a 300M / 630M-parameter teacher, nothing allocated.
+    spec = ModelSpec(name, 1000, 224, 3)
+    shapes = graphdef_and_shapes(spec)[1]
+    mesh = sharding.make_mesh(_mesh_cfg(1, 8))
+    per_device = sharding.planned_bytes_per_device(shapes, sharding.tree_shardings(shapes, mesh))
+    total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+    assert total == 4 * num_params  # fp32 (ViT-L/16 and ViT-H/14 at 224 px, 1000 classes)
+    # Only biases, norms and tokens stay replicated: each device holds ~1/8 of the teacher.
+    assert total / 8 <= per_device <= 1.01 * total / 8, (per_device, total / 8)
 
 
 def test_fsdp_rule_splits_largest_divisible_dim():

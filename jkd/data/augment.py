@@ -12,13 +12,18 @@ import jax
 import jax.numpy as jnp
 
 
-def random_resized_crop(key: jax.Array, images: jax.Array, scale: tuple[float, float] = (0.08, 1.0),
+def random_resized_crop(key: jax.Array, images: jax.Array, scale: tuple = (0.08, 1.0),
                         ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> jax.Array:
     """Inception-style crop: per example a box of area fraction in `scale` and aspect ratio in `ratio`
-    (log-uniform), resized back to the input size (bilinear). [B, H, W, C] -> [B, H, W, C]."""
+    (log-uniform), resized back to the input size (bilinear). [B, H, W, C] -> [B, H, W, C].
+
+    scale = (min, max): floats, or arrays [B] for a per-example range (class-conditional
+    augmentation: lighter crops for some classes, jkd/probes/augmentation.py)."""
     b, h, w, _ = images.shape
     k_area, k_ratio, k_y, k_x = jax.random.split(key, 4)
-    area = jax.random.uniform(k_area, (b,), minval=scale[0], maxval=scale[1])
+    # uniform(lo, hi) as lo + u (hi - lo): the same draws for float and per-example bounds
+    lo, hi = jnp.asarray(scale[0], jnp.float32), jnp.asarray(scale[1], jnp.float32)
+    area = lo + jax.random.uniform(k_area, (b,)) * (hi - lo)
     log_r = jax.random.uniform(k_ratio, (b,), minval=math.log(ratio[0]), maxval=math.log(ratio[1]))
     aspect = jnp.exp(log_r)
     crop_w = jnp.clip(jnp.sqrt(area * aspect) * w, 1.0, w)

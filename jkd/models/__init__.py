@@ -53,6 +53,12 @@ def check_model(name: str, *, image_size: int, field: str = "config.model", **kw
     if family == "vit" and kwargs.get("distillation_token") and kwargs.get("pool", "cls") != "cls":
         raise ConfigError(f"{field}.kwargs.distillation_token: needs pool='cls' (DeiT reads the CLS and "
                           f"distillation tokens), got pool={kwargs['pool']!r}")
+    if family == "vit" and kwargs.get("attention_impl", "xla") not in ("xla", "cudnn"):
+        raise ConfigError(f"{field}.kwargs.attention_impl: must be 'xla' or 'cudnn' (GPU), "
+                          f"got {kwargs['attention_impl']!r}")
+    pad_to = kwargs.get("attention_pad_to", 0)
+    if family == "vit" and (not isinstance(pad_to, int) or pad_to < 0):
+        raise ConfigError(f"{field}.kwargs.attention_pad_to: must be an integer >= 0 (0 = no padding), got {pad_to!r}")
     if family == "convnext":
         stride = kwargs.get("stem_stride", 4)
         if image_size % (stride * 8):
@@ -67,7 +73,7 @@ def check_model(name: str, *, image_size: int, field: str = "config.model", **kw
 
 _ALLOWED_KWARGS = {
     "vit": {"pool", "mlp_ratio", "drop_path_rate", "dropout_rate", "distillation_token", "num_register_tokens",
-            "layer_scale_init", "qkv_bias"},
+            "layer_scale_init", "qkv_bias", "attention_impl", "attention_pad_to"},
     "convnext": {"stem_stride", "drop_path_rate", "layer_scale_init", "dw_impl"},
 }
 
@@ -76,7 +82,7 @@ def create_model(name: str, *, num_classes: int, image_size: int, in_channels: i
                  dtype: str = "float32", seed: int = 0, field: str = "config.model", **kwargs) -> nnx.Module:
     """Build a model by name with fp32 params and `dtype` compute. kwargs: family options
     (ViT: pool, mlp_ratio, drop_path_rate, dropout_rate, distillation_token, num_register_tokens,
-    layer_scale_init, qkv_bias; ConvNeXt: stem_stride, drop_path_rate,
+    layer_scale_init, qkv_bias, attention_impl, attention_pad_to; ConvNeXt: stem_stride, drop_path_rate,
     layer_scale_init, dw_impl)."""
     family = check_model(name, image_size=image_size, field=field, **kwargs)
     _, arch = parse_model_name(name)

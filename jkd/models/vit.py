@@ -14,6 +14,9 @@ Variants, all off by default (jkd/pretrained.py maps public checkpoints onto the
   layer_scale_init    per-channel gammas `ls1`, `ls2` on the attention and MLP branches (CaiT,
                       DeiT-3, DINOv2); the value initialises them.
   qkv_bias            bias on the fused qkv projection (on in ViT/DeiT/DINOv2).
+Compute options (no parameters; see `Attention`): attention_impl 'xla' | 'cudnn' (cuDNN flash
+attention on GPU), attention_pad_to (pad the token count to a multiple, keys masked; for cuDNN kernels
+that reject odd counts such as 197).
 Token order: [CLS][dist][registers][patches]; `model.num_prefix_tokens` counts the leading non-patch tokens.
 """
 from __future__ import annotations
@@ -38,11 +41,26 @@ VIT_SIZES = {
 }
 
 
-class Attention(nnx.Module):
-    """Multi-head self-attention with a fused qkv projection. [B, T, D] -> [B, T, D]."""
+ATTENTION_IMPLS = ("xla", "cudnn")
 
-    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, dtype, rngs: nnx.Rngs):
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with a fused qkv projection. [B, T, D] -> [B, T, D].
+
+    attention_impl: 'xla' (default; any backend, the path ONNX export traces) or 'cudnn' (cuDNN
+    flash attention through jax.nn.dot_product_attention; GPU only, bf16/fp16 compute).
+    attention_pad_to: 0 (default) or k > 0: q, k, v are zero-padded along T to the next multiple
+    of k and the padded keys are masked out (key_value_seq_lengths); the padded query rows are
+    dropped before the output projection. The result equals the unpadded attention (tested): it
+    exists for cuDNN fused kernels that reject some token counts (197 = 196 patches + CLS was
+    reported rejected; `python -m jkd.bench --attention-probe` records which counts a GPU accepts).
+    Neither option touches the parameters.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, attention_impl: str = "xla",
+                 attention_pad_to: int = 0, dtype, rngs: nnx.Rngs):
         self.num_heads = num_heads
+        self.attention_impl, self.attention_pad_to = attention_impl, attention_pad_to
         self.qkv = nnx.Linear(dim, 3 * dim, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
         self.proj = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
 
@@ -50,8 +68,28 @@ class Attention(nnx.Module):
         b, t, d = x.shape
         qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, heads, head_dim]
-        out = jax.nn.dot_product_attention(q, k, v)
+        if self.attention_impl == "xla" and not self.attention_pad_to:
+            out = jax.nn.dot_product_attention(q, k, v)  # the default graph, unchanged (ONNX export)
+        else:
+            out = _padded_attention(q, k, v, self.attention_pad_to, self.attention_impl)
         return self.proj(out.reshape(b, t, d))
+
+
+def _padded_attention(q, k, v, pad_to: int, implementation: str) -> jax.Array:
+    """Attention over T tokens computed on T rounded up to a multiple of pad_to (0 = no padding).
+
+    q, k, v [B, T, heads, head_dim] -> [B, T, heads, head_dim]. Padded keys are masked through
+    key_value_seq_lengths (cuDNN's padding mask; XLA builds the same mask explicitly).
+    """
+    b, t = q.shape[:2]
+    t_pad = -(-t // pad_to) * pad_to if pad_to else t
+    if t_pad == t:
+        return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    widths = ((0, 0), (0, t_pad - t), (0, 0), (0, 0))
+    q, k, v = (jnp.pad(a, widths) for a in (q, k, v))
+    out = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=jnp.full((b,), t, jnp.int32),
+                                       implementation=implementation)
+    return out[:, :t]
 
 
 class Block(nnx.Module):
@@ -61,9 +99,10 @@ class Block(nnx.Module):
     """
 
     def __init__(self, dim, num_heads, mlp_ratio, drop_path_rate, dropout_rate, *, qkv_bias=True,
-                 layer_scale_init=None, dtype, rngs):
+                 layer_scale_init=None, attention_impl="xla", attention_pad_to=0, dtype, rngs):
         self.norm1 = nnx.LayerNorm(dim, epsilon=1e-6, dtype=dtype, rngs=rngs)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, rngs=rngs)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attention_impl=attention_impl,
+                              attention_pad_to=attention_pad_to, dtype=dtype, rngs=rngs)
         self.norm2 = nnx.LayerNorm(dim, epsilon=1e-6, dtype=dtype, rngs=rngs)
         self.fc1 = nnx.Linear(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
         self.fc2 = nnx.Linear(int(dim * mlp_ratio), dim, dtype=dtype, rngs=rngs)
@@ -104,6 +143,7 @@ class ViT(nnx.Module):
                  mlp_ratio: float = 4.0, drop_path_rate: float = 0.0, dropout_rate: float = 0.0,
                  distillation_token: bool = False, num_register_tokens: int = 0,
                  layer_scale_init: float | None = None, qkv_bias: bool = True,
+                 attention_impl: str = "xla", attention_pad_to: int = 0,
                  dtype=jnp.float32, rngs: nnx.Rngs):
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
@@ -114,6 +154,10 @@ class ViT(nnx.Module):
                              f"tokens), got pool={pool!r}")
         if num_register_tokens < 0:
             raise ValueError(f"num_register_tokens must be >= 0, got {num_register_tokens}")
+        if attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {attention_impl!r}")
+        if not isinstance(attention_pad_to, int) or attention_pad_to < 0:
+            raise ValueError(f"attention_pad_to must be an integer >= 0, got {attention_pad_to!r}")
         self.patch_size, self.image_size, self.pool, self.dtype = patch_size, image_size, pool, dtype
         self.grid = image_size // patch_size
         # Tokens that carry a position embedding before the patches (CLS, dist); registers do not.
@@ -133,7 +177,8 @@ class ViT(nnx.Module):
                                 if num_register_tokens else None)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nnx.List([Block(width, num_heads, mlp_ratio, r, dropout_rate, qkv_bias=qkv_bias,
-                                      layer_scale_init=layer_scale_init, dtype=dtype, rngs=rngs)
+                                      layer_scale_init=layer_scale_init, attention_impl=attention_impl,
+                                      attention_pad_to=attention_pad_to, dtype=dtype, rngs=rngs)
                                 for r in rates])
         self.norm = nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, rngs=rngs)
         head = lambda: nnx.Linear(width, num_classes, kernel_init=nnx.initializers.zeros_init(),  # noqa: E731

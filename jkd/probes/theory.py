@@ -406,9 +406,7 @@ def results_table(results: dict, mu: float) -> str:
 
 
 def _plot_accuracy(results: dict, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the backend is the caller's (Agg when headless, inline in notebooks)
 
     variants = list(results)
     fig, axes = plt.subplots(1, len(variants), figsize=(4.5 * len(variants), 3.6), squeeze=False)
@@ -432,9 +430,7 @@ def _plot_accuracy(results: dict, path: str) -> None:
 def plot_view_matrices(panels: list[tuple], path: str, *, vmax=None, label="") -> None:
     """Heatmaps, one per panel (title, matrix [k, 2][, learned bool [k, 2]]): views on the rows,
     classes on the columns; learned cells get a white dot."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the backend is the caller's (Agg when headless, inline in notebooks)
 
     k = panels[0][1].shape[0]
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(4.0, 0.45 * k + 1.5), 1.15 * len(panels) + 0.8),

@@ -8,6 +8,7 @@ config.teacher.checkpoint) form an ensemble. config.generations > 1 runs self-di
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -17,8 +18,10 @@ from jkd import checkpoint, sharding
 from jkd.config import validate
 from jkd.data import make_data
 from jkd.errors import ConfigError
+from jkd.models import check_model, parse_model_name
 from jkd.train.loop import fit
 from jkd.train.objectives import build_heads, resolve_objective
+from jkd.train.state import graphdef_and_shapes
 from jkd.train.supervised import model_spec
 
 
@@ -28,9 +31,26 @@ def load_teachers(config, mesh) -> list:
     if not paths:
         raise ConfigError("config.teacher.checkpoint: no teacher given (a teacher workdir or checkpoint dir; "
                           "several comma-separated for an ensemble)")
-    return [checkpoint.load_teacher(path, model_key=config.teacher.model_key,
-                                    shardings_fn=lambda s: sharding.tree_shardings(s, mesh, config.mesh.min_shard_size))
+    shardings_fn = lambda s: sharding.tree_shardings(s, mesh, config.mesh.min_shard_size)  # noqa: E731
+    return [teacher_compute_options(checkpoint.load_teacher(path, model_key=config.teacher.model_key,
+                                                            shardings_fn=shardings_fn), config)
             for path in paths]
+
+
+def teacher_compute_options(teacher: tuple, config) -> tuple:
+    """(spec, graphdef, params) of a ViT teacher with config.teacher.attention_impl / attention_pad_to
+    applied (how it computes, not what: params unchanged; jkd.train.state.COMPUTE_OPTIONS)."""
+    spec, graphdef, params = teacher
+    options = {}
+    if config.teacher.get("attention_impl", ""):
+        options["attention_impl"] = config.teacher.attention_impl
+    if config.teacher.get("attention_pad_to", -1) >= 0:
+        options["attention_pad_to"] = config.teacher.attention_pad_to
+    if not options or parse_model_name(spec.name)[0] != "vit":
+        return teacher
+    spec = dataclasses.replace(spec, kwargs=tuple(sorted({**dict(spec.kwargs), **options}.items())))
+    check_model(spec.name, image_size=spec.image_size, field="config.teacher", **dict(spec.kwargs))
+    return spec, graphdef_and_shapes(spec)[0], params
 
 
 def check_teachers(teachers: list, config, num_classes: int) -> None:

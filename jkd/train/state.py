@@ -22,6 +22,10 @@ from jkd.errors import ConfigError
 from jkd.models import create_model
 
 
+# Model kwargs that choose how a model computes, not what: a run may change them on resume.
+COMPUTE_OPTIONS = ("attention_impl", "attention_pad_to")
+
+
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
@@ -54,9 +58,11 @@ class ModelSpec:
         return ModelSpec(**{**d, "kwargs": tuple(sorted(d.get("kwargs", {}).items()))})
 
     def architecture(self) -> dict:
-        """The fields that decide the parameter shapes (compute dtype excluded)."""
+        """The fields that decide the parameter shapes (compute dtype and attention kernel options excluded)."""
         d = self.to_json()
         d.pop("dtype")
+        for option in COMPUTE_OPTIONS:
+            d["kwargs"].pop(option, None)
         return d
 
 

@@ -1,0 +1,80 @@
+"""Class confusions from random-resized crops, the class-conditional remedy, and KD (issue 8).
+
+Command (2 CPU cores shared with other jobs at load average 12-18: ~5-8 minutes per seed):
+    python -m jkd.main --config configs/fairness/augmentation.py --workdir /tmp/jkd_aug
+Over seeds (docs/RESULTS.md, "Fairness probes"):
+    python -m jkd.sweep --config configs/fairness/augmentation.py --workdir /tmp/fair_aug --sweep 'seed=0:3'
+What it measures (jkd/probes/augmentation.py): tiny ViTs on 16-px synthetic shapes with two
+fine-grained pairs and one co-occurring pair, trained with uniform RRC at each minimum scale in
+crop.min_scales; the pairs whose false positives rise with stronger crops; a model with lighter
+crops only for the classes receiving those false positives; KD students (light crops) from the
+strongest- and the lightest-crop teacher. Expected result: the measured tables in docs/RESULTS.md.
+`get_config('tiny')`: seconds, for tests.
+"""
+import ml_collections
+
+from jkd.config import model_config
+
+
+def get_config(arg=None):
+    c = ml_collections.ConfigDict()
+    c.trainer = "fairness"
+    c.probe = "augmentation"
+    c.seed = 0                      # data, inits, batches, crops
+    c.progress = True
+    c.batch_size = 64
+    c.log_every = 100
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "fine_grained_synthetic"  # jkd.data.synthetic.make_fine_grained (10 classes)
+    c.data.image_size = 16
+    c.data.num_train = 2000
+    c.data.num_test = 1000
+    c.data.noise = 0.1              # Gaussian pixel noise
+    c.data.min_shape_size = 0       # > 0: large shapes at random sides in [this, 11] px (0 = always 11)
+    c.data.mean = 0.5               # input normalisation (x - mean) / std on [0, 1] pixels
+    c.data.std = 0.5
+
+    c.crop = ml_collections.ConfigDict()
+    c.crop.min_scales = "0.08,0.3,1.0"  # uniform policies: one model per RRC minimum area
+    c.crop.max_scale = 1.0
+
+    c.remedy = ml_collections.ConfigDict()
+    c.remedy.fp_rise = 0.02         # pair a->b affected if P(pred b | a) rises by >= this, lightest -> strongest
+    c.remedy.light_scale = -1.0     # crop min scale for the affected classes (-1 = the lightest of min_scales)
+
+    c.teacher = ml_collections.ConfigDict()  # the crop-policy models (and the KD teachers)
+    c.teacher.model = model_config("vit_atto4")
+    c.teacher.steps = 600
+
+    c.student = ml_collections.ConfigDict()
+    c.student.model = model_config("vit_atto4")
+    c.student.steps = 600
+    c.student.min_scale = 1.0       # the KD students' (light) crops
+    c.students = "kd_from_strong,kd_from_light"
+
+    c.kd = ml_collections.ConfigDict()
+    c.kd.temperature = 4.0
+    c.kd.weight = 0.9
+
+    c.optimizer = ml_collections.ConfigDict()  # jkd.train.state.make_optimizer fields
+    c.optimizer.name = "adamw"
+    c.optimizer.lr = 2e-3
+    c.optimizer.warmup_steps = 30
+    c.optimizer.final_lr_ratio = 0.0
+    c.optimizer.weight_decay = 0.05
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.grad_clip = 1.0
+
+    if arg == "tiny":  # 16 px kept: the shapes and marks need the pixels
+        c.data.num_train = c.data.num_test = 200
+        c.batch_size = 32
+        c.crop.min_scales = "0.1,1.0"
+        c.teacher.steps = c.student.steps = 10
+        c.optimizer.warmup_steps = 2
+        c.log_every = 10
+        c.progress = False
+    elif arg is not None:
+        raise ValueError(f"configs/fairness/augmentation.py: unknown arg {arg!r} (known: tiny)")
+    return c

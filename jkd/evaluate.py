@@ -1,0 +1,149 @@
+"""Class- and group-level metrics on predictions (numpy; no model code).
+
+Inputs are integer arrays: predictions [N] (argmax of logits), labels [N] in 0..K-1 and, for group
+metrics, a sensitive attribute [N] in 0..A-1 (or a group id). Accuracies are fractions in [0, 1];
+a class or group with no example gives NaN (never a silent 0).
+
+Definitions (docs/FAIRNESS.md):
+  per-class accuracy      acc_c = P(pred = c | label = c)
+  per-class delta         student acc_c - teacher acc_c (negative = the class lost under KD)
+  confusion matrix        C[a, b] = #(label = a, pred = b); row-normalised: P(pred = b | label = a)
+  false-positive rate of pair a -> b: P(pred = b | label = a), a != b (class b's false positives
+                          taken from class a)
+  group accuracy          acc_g = P(pred = label | group = g); worst-group = min_g acc_g;
+                          disparity = max_g acc_g - min_g acc_g
+  statistical-parity gap  max over classes c and attribute values s, s' of
+                          |P(pred = c | attr = s) - P(pred = c | attr = s')|; for binary labels and a
+                          binary attribute this is the usual |P(pred=1 | s=0) - P(pred=1 | s=1)|
+  equal-opportunity gap   the same on the true-positive rates: max over c (or only c =
+                          positive_class) and s, s' of |P(pred = c | label = c, attr = s) -
+                          P(pred = c | label = c, attr = s')|
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _ints(*arrays):
+    return [np.asarray(a).astype(np.int64).reshape(-1) for a in arrays]
+
+
+def confusion_matrix(preds, labels, num_classes: int) -> np.ndarray:
+    """C [K, K] int: C[a, b] = number of examples with label a predicted as b."""
+    preds, labels = _ints(preds, labels)
+    return np.bincount(labels * num_classes + preds, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def rates(confusion: np.ndarray) -> np.ndarray:
+    """Row-normalised confusion [K, K]: P(pred = b | label = a); NaN rows for absent classes."""
+    c = np.asarray(confusion, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return c / c.sum(1, keepdims=True)
+
+
+def per_class_accuracy(preds, labels, num_classes: int) -> np.ndarray:
+    """[K] accuracy of each class (NaN for classes without examples)."""
+    return np.diag(rates(confusion_matrix(preds, labels, num_classes))).copy()
+
+
+def per_class_delta(student_acc, teacher_acc) -> np.ndarray:
+    """[K] student - teacher per-class accuracy (negative: the class pays for distillation)."""
+    return np.asarray(student_acc, np.float64) - np.asarray(teacher_acc, np.float64)
+
+
+def top_confused_pairs(confusion: np.ndarray, top: int = 5) -> list[tuple[int, int, float]]:
+    """The `top` largest off-diagonal rates [(label a, predicted b, P(pred = b | label = a))], largest first."""
+    r = rates(confusion)
+    r = np.where(np.eye(len(r), dtype=bool) | ~np.isfinite(r), -1.0, r)
+    order = np.argsort(-r, axis=None)[:top]
+    return [(int(i // len(r)), int(i % len(r)), float(r.flat[i])) for i in order if r.flat[i] >= 0]
+
+
+def group_accuracy(preds, labels, groups, num_groups: int) -> np.ndarray:
+    """[G] accuracy within each group (NaN for empty groups)."""
+    preds, labels, groups = _ints(preds, labels, groups)
+    correct = np.bincount(groups, weights=(preds == labels).astype(np.float64), minlength=num_groups)
+    count = np.bincount(groups, minlength=num_groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return correct / count
+
+
+def statistical_parity_gap(preds, attribute, num_classes: int, num_attributes: int = 2) -> float:
+    """max_c max_{s, s'} |P(pred = c | attr = s) - P(pred = c | attr = s')| (attribute values present)."""
+    preds, attribute = _ints(preds, attribute)
+    table = confusion_matrix(preds, attribute, max(num_classes, num_attributes))[:num_attributes, :num_classes]
+    p = rates(table)  # [A, K]: P(pred = c | attr = s)
+    p = p[np.isfinite(p).all(1)]
+    return float((p.max(0) - p.min(0)).max()) if len(p) else float("nan")
+
+
+def equal_opportunity_gap(preds, labels, attribute, num_classes: int, num_attributes: int = 2,
+                          positive_class: int | None = None) -> float:
+    """max over classes c (or c = positive_class) of max_{s, s'} of the gap in true-positive rate
+    P(pred = c | label = c, attr = s); pairs of attribute values without such examples are skipped."""
+    preds, labels, attribute = _ints(preds, labels, attribute)
+    classes = range(num_classes) if positive_class is None else [positive_class]
+    gaps = []
+    for c in classes:
+        tpr = group_accuracy(preds[labels == c], labels[labels == c], attribute[labels == c], num_attributes)
+        tpr = tpr[np.isfinite(tpr)]
+        if len(tpr) >= 2:
+            gaps.append(tpr.max() - tpr.min())
+    return float(max(gaps)) if gaps else float("nan")
+
+
+def group_report(preds, labels, groups, attribute, *, num_classes: int, num_groups: int,
+                 num_attributes: int = 2, positive_class: int | None = None) -> dict:
+    """Every group metric at once: {'avg_acc', 'worst_group_acc', 'disparity', 'group_acc' [G],
+    'sp_gap', 'eo_gap'} (accuracies as fractions)."""
+    preds, labels = _ints(preds, labels)
+    g = group_accuracy(preds, labels, groups, num_groups)
+    present = g[np.isfinite(g)]
+    return {"avg_acc": float((preds == labels).mean()), "worst_group_acc": float(present.min()),
+            "disparity": float(present.max() - present.min()), "group_acc": g,
+            "sp_gap": statistical_parity_gap(preds, attribute, num_classes, num_attributes),
+            "eo_gap": equal_opportunity_gap(preds, labels, attribute, num_classes, num_attributes, positive_class)}
+
+
+# ----------------------------------------------------------------------------- plots
+
+def plot_class_deltas(deltas: dict, path: str, *, class_names=None, title: str = "") -> None:
+    """Grouped bars of per-class accuracy deltas (percentage points): deltas {name: [K]} -> PNG."""
+    import matplotlib.pyplot as plt  # the backend is the caller's (Agg when headless, inline in notebooks)
+
+    names = list(deltas)
+    k = len(next(iter(deltas.values())))
+    width = 0.8 / max(len(names), 1)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * k + 2), 3.4))
+    for i, n in enumerate(names):
+        ax.bar(np.arange(k) + (i - (len(names) - 1) / 2) * width, 100 * np.asarray(deltas[n]), width, label=n)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(k), class_names or [str(c) for c in range(k)])
+    ax.set_xlabel("class")
+    ax.set_ylabel("accuracy change (pp)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(confusion: np.ndarray, path: str, *, class_names=None, title: str = "") -> None:
+    """Heatmap of the row-normalised confusion matrix (off-diagonal rates are what matters) -> PNG."""
+    import matplotlib.pyplot as plt  # the backend is the caller's (Agg when headless, inline in notebooks)
+
+    r = rates(confusion)
+    k = len(r)
+    fig, ax = plt.subplots(figsize=(0.42 * k + 2.2, 0.42 * k + 1.6))
+    off = np.where(np.eye(k, dtype=bool), np.nan, 100 * r)
+    im = ax.imshow(off, cmap="magma_r", vmin=0)
+    names = class_names or [str(c) for c in range(k)]
+    ax.set_xticks(range(k), names)
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label="P(pred | true) (%), off-diagonal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,283 @@
+"""Class-level costs of random-resized crops, the class-conditional remedy, and their passage through KD
+(config.probe = 'augmentation'; Balestriero, Bottou & LeCun 2022; Kirichenko et al. 2023).
+
+    python -m jkd.main --config configs/fairness/augmentation.py --workdir /tmp/jkd_aug
+
+On jkd.data.synthetic.make_fine_grained (fine-grained pairs 0/1, 2/3; co-occurring pair 4 -> 5):
+  1. uniform policies: one model per RRC minimum scale in crop.min_scales (same init, same batches,
+     one vmapped program); per-class accuracy and per-pair false-positive rates
+     fp(a -> b) = P(pred = b | label = a) on the uncropped test set.
+  2. affected pairs: fp(a -> b) at the strongest crop minus at the lightest >= remedy.fp_rise; each
+     is classified from the data's own annotations: fine_grained (same superclass), co_occurring
+     (the multi-label ground truth puts both classes in >= half of one class's training images),
+     else unexplained. Affected classes: the predicted classes b of those pairs (their false
+     positives rise).
+  3. class_conditional: the strongest crop for every class except the affected ones, which get the
+     light scale (remedy.light_scale; -1 = the lightest of crop.min_scales).
+  4. KD students (student.model, trained with the light crop) from the strongest-crop teacher
+     (kd_from_strong) and from the lightest-crop teacher (kd_from_light), on the same crops the
+     teacher sees: does a strong-augmentation teacher pass its class bias on?
+Summary keys '<policy>/<measure>' with policy 'scale=<s>', 'class_conditional', 'kd_from_strong',
+'kd_from_light' and measures avg_acc, affected_acc (mean over the affected classes of this run),
+fine_grained_acc (classes 0-3), co_occurring_acc (4, 5), other_acc (6-9), affected_fp (mean
+fp over the affected pairs), fine_grained_fp (mean fp within the fine-grained pairs), co_occurring_fp
+(fp(5 -> 4): diamonds called '+'); plus num_affected_pairs / num_affected_classes.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jkd import evaluate, losses
+from jkd.data import synthetic
+from jkd.data.augment import random_resized_crop
+from jkd.errors import ConfigError
+from jkd.probes.fairness import forward_all, model_spec, names, normalise, stack, train_stack, unstack
+from jkd.train.state import apply_model, graphdef_and_shapes, init_params, make_optimizer
+
+KD_STUDENTS = ("kd_from_strong", "kd_from_light")
+_FG_CLASSES, _CO_CLASSES, _OTHER = [0, 1, 2, 3], [4, 5], [6, 7, 8, 9]
+_FG_PAIRS = [(0, 1), (1, 0), (2, 3), (3, 2)]
+
+
+def min_scales(config) -> list[float]:
+    try:
+        values = [float(v) for v in str(config.crop.min_scales).split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if len(values) < 2 or not all(0 < v <= config.crop.max_scale for v in values):
+        raise ConfigError(f"config.crop.min_scales: need >= 2 comma-separated scales in (0, crop.max_scale = "
+                          f"{config.crop.max_scale}], got {config.crop.min_scales!r}")
+    return sorted(values)
+
+
+def light_scale(config) -> float:
+    return min_scales(config)[-1] if config.remedy.light_scale < 0 else float(config.remedy.light_scale)
+
+
+def check_config(config) -> None:
+    """Checks of the augmentation probe's fields (after fairness.check_common)."""
+    if config.data.name != "fine_grained_synthetic":
+        raise ConfigError(f"config.data.name: the augmentation probe reads 'fine_grained_synthetic', "
+                          f"got {config.data.name!r}")
+    if not 0 < config.student.min_scale <= config.crop.max_scale:
+        raise ConfigError(f"config.student.min_scale: must be in (0, crop.max_scale], got {config.student.min_scale}")
+    if not 0 < config.crop.max_scale <= 1:
+        raise ConfigError(f"config.crop.max_scale: must be in (0, 1], got {config.crop.max_scale}")
+    min_scales(config)
+    if config.remedy.light_scale >= 0 and not 0 < config.remedy.light_scale <= config.crop.max_scale:
+        raise ConfigError(f"config.remedy.light_scale: -1 or in (0, crop.max_scale], got {config.remedy.light_scale}")
+    if not 0 < config.remedy.fp_rise < 1:
+        raise ConfigError(f"config.remedy.fp_rise: a rate in (0, 1), got {config.remedy.fp_rise}")
+    names(config.students, KD_STUDENTS, "students")
+
+
+def class_scales(num_classes: int, strong: float, light: float, light_classes) -> np.ndarray:
+    """Per-class RRC minimum scale [K]: `light` for light_classes, `strong` for the others."""
+    s = np.full(num_classes, strong, np.float32)
+    s[list(light_classes)] = light
+    return s
+
+
+def crop_by_class(key, images, labels, scale_per_class, max_scale: float):
+    """RRC whose minimum area of example i is scale_per_class[labels[i]]. [B, H, W, C] -> same."""
+    return random_resized_crop(key, images, (scale_per_class[labels], max_scale))
+
+
+def affected_pairs(fp_strong: np.ndarray, fp_light: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
+    """[(a, b, rise)] with fp_strong[a, b] - fp_light[a, b] >= threshold, a != b, largest rise first."""
+    rise = np.asarray(fp_strong) - np.asarray(fp_light)
+    np.fill_diagonal(rise, -np.inf)
+    pairs = [(int(a), int(b), float(rise[a, b])) for a, b in zip(*np.nonzero(rise >= threshold))]
+    return sorted(pairs, key=lambda p: -p[2])
+
+
+def pair_kind(a: int, b: int, multi_label: np.ndarray, labels: np.ndarray, superclass: np.ndarray) -> str:
+    """'fine_grained' (same superclass), 'co_occurring' (>= half of class a's or b's training images
+    are also labelled with the other class), else 'unexplained'."""
+    if superclass[a] == superclass[b]:
+        return "fine_grained"
+    co = max(multi_label[labels == a, b].mean(), multi_label[labels == b, a].mean())
+    return "co_occurring" if co >= 0.5 else "unexplained"
+
+
+def _measures(preds, labels, k, affected_cls, pairs) -> tuple[dict, np.ndarray, np.ndarray]:
+    conf = evaluate.confusion_matrix(preds, labels, k)
+    r = evaluate.rates(conf)
+    acc = np.diag(r)
+    m = {"avg_acc": float((preds == labels).mean()),
+         "fine_grained_acc": float(acc[_FG_CLASSES].mean()), "co_occurring_acc": float(acc[_CO_CLASSES].mean()),
+         "other_acc": float(acc[_OTHER].mean()),
+         "fine_grained_fp": float(np.mean([r[a, b] for a, b in _FG_PAIRS])), "co_occurring_fp": float(r[5, 4])}
+    if affected_cls:
+        m["affected_acc"] = float(acc[affected_cls].mean())
+        m["affected_fp"] = float(np.mean([r[a, b] for a, b, _ in pairs]))
+    return m, acc, conf
+
+
+def run_augmentation(config, workdir: str, log=None) -> tuple[dict, str]:
+    """Steps 1-4 of the module docstring; writes results.json and figures; returns (summary, markdown)."""
+    c = config
+    d = c.data
+    gen = dict(image_size=d.image_size, min_shape_size=d.min_shape_size, noise=d.noise)
+    train = synthetic.make_fine_grained(d.num_train, seed=2 * c.seed, **gen)
+    test = synthetic.make_fine_grained(d.num_test, seed=2 * c.seed + 1, **gen)
+    k, mean, std, hi = synthetic.FINE_GRAINED_CLASSES, float(d.mean), float(d.std), float(c.crop.max_scale)
+    scales = min_scales(c)
+    strong, light = scales[0], light_scale(c)
+    t_spec = model_spec(c.teacher.model, k, d.image_size, 1)
+    s_spec = model_spec(c.student.model, k, d.image_size, 1)
+    t_graph, _ = graphdef_and_shapes(t_spec)
+    s_graph, _ = graphdef_and_shapes(s_spec)
+    common = dict(batch_size=c.batch_size, log_every=c.log_every, progress=c.progress, log=log)
+
+    def ce_loss(p, batch, key, aux):
+        x = crop_by_class(key, batch["image"], batch["label"], aux["scale"], hi)
+        return losses.cross_entropy(apply_model(t_graph, p["model"], normalise(x, mean, std)), batch["label"]), {}
+
+    def train_teachers(scale_rows, seed_offset, desc):
+        params = stack([{"model": init_params(t_spec, c.seed)}] * len(scale_rows))  # one init: paired comparisons
+        params, _ = train_stack(ce_loss, params, make_optimizer(c.optimizer, c.teacher.steps), train["image"],
+                                train["label"], steps=c.teacher.steps, seed=c.seed + seed_offset,
+                                aux={"scale": jnp.asarray(np.stack(scale_rows))}, desc=desc, **common)
+        return params
+
+    # 1. uniform policies
+    uniform = train_teachers([class_scales(k, s, s, []) for s in scales], 0, f"{len(scales)} crop scales")
+    logits, _ = forward_all(t_graph, uniform, test["image"], mean=mean, std=std)  # [M, N, K]
+    preds = {f"scale={s:g}": logits[i].argmax(-1) for i, s in enumerate(scales)}
+    fp = {s: evaluate.rates(evaluate.confusion_matrix(preds[f"scale={s:g}"], test["label"], k)) for s in scales}
+
+    # 2. which pairs' false positives rise with stronger crops, and what the data says they are
+    pairs = affected_pairs(fp[strong], fp[scales[-1]], float(c.remedy.fp_rise))
+    kinds = [pair_kind(a, b, train["multi_label"], train["label"], train["superclass"]) for a, b, _ in pairs]
+    affected_cls = sorted({b for _, b, _ in pairs})
+
+    # 3. the class-conditional remedy (same init and batches as the uniform models)
+    cc = train_teachers([class_scales(k, strong, light, affected_cls)], 0, "class-conditional")
+    cc_logits, _ = forward_all(t_graph, cc, test["image"], mean=mean, std=std)
+    preds["class_conditional"] = cc_logits[0].argmax(-1)
+
+    # 4. KD students with light crops from the strongest / lightest teacher, on the views the teacher sees
+    kd_names = names(c.students, KD_STUDENTS, "students")
+    teacher_idx = {"kd_from_strong": 0, "kd_from_light": len(scales) - 1}
+    temp, kd_w = float(c.kd.temperature), float(c.kd.weight)
+    student_scale = jnp.asarray(class_scales(k, c.student.min_scale, c.student.min_scale, []))
+
+    def kd_loss(p, batch, key, aux):
+        x = normalise(crop_by_class(key, batch["image"], batch["label"], student_scale, hi), mean, std)
+        t_logits = jax.lax.stop_gradient(apply_model(t_graph, aux["teacher"], x))
+        s_logits = apply_model(s_graph, p["model"], x)
+        return losses.hinton_kd(s_logits, t_logits, batch["label"], temperature=temp, kd_weight=kd_w)[0], {}
+
+    students = stack([{"model": init_params(s_spec, c.seed + 1)}] * len(kd_names))
+    teachers = stack([unstack(uniform["model"], teacher_idx[n]) for n in kd_names])
+    students, _ = train_stack(kd_loss, students, make_optimizer(c.optimizer, c.student.steps), train["image"],
+                              train["label"], steps=c.student.steps, seed=c.seed + 1, aux={"teacher": teachers},
+                              desc="KD students", **common)
+    s_logits, _ = forward_all(s_graph, students, test["image"], mean=mean, std=std)
+    preds.update({n: s_logits[i].argmax(-1) for i, n in enumerate(kd_names)})
+
+    summary, acc, conf = {"num_affected_pairs": len(pairs), "num_affected_classes": len(affected_cls)}, {}, {}
+    for policy, p in preds.items():
+        m, acc[policy], conf[policy] = _measures(p, test["label"], k, affected_cls, pairs)
+        summary.update({f"{policy}/{name}": v for name, v in m.items()})
+
+    results = {"scales": scales, "strong": strong, "light": light,
+               "affected_pairs": [{"true": a, "predicted": b, "fp_rise": r, "kind": kind}
+                                  for (a, b, r), kind in zip(pairs, kinds)],
+               "affected_classes": affected_cls, "per_class_acc": {n: a.tolist() for n, a in acc.items()},
+               "confusion": {n: cm.tolist() for n, cm in conf.items()},
+               "top_confused": {n: evaluate.top_confused_pairs(cm) for n, cm in conf.items()}}
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump({"summary": summary, "results": results}, f)
+    _figures(results, summary, workdir, kd_names)
+    return summary, _report(c, results, summary, kd_names)
+
+
+def _report(c, results, summary, kd_names) -> str:
+    pairs = ", ".join(f"{p['true']}->{p['predicted']} (+{100 * p['fp_rise']:.1f} pp, {p['kind']})"
+                      for p in results["affected_pairs"]) or "none"
+    policies = [f"scale={s:g}" for s in results["scales"]] + ["class_conditional"] + kd_names
+    cols = ["avg_acc", "affected_acc", "fine_grained_acc", "co_occurring_acc", "other_acc", "fine_grained_fp",
+            "co_occurring_fp"]
+    lines = [f"Augmentation probe (seed {c.seed}): strongest crop {results['strong']:g}, light {results['light']:g}; "
+             f"affected pairs (true->predicted): {pairs}; lighter crops for classes {results['affected_classes']}.",
+             "", "| policy | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for p in policies:
+        cells = [summary.get(f"{p}/{col}") for col in cols]
+        lines.append(f"| {p} | " + " | ".join("–" if v is None else (f"{100 * v:.1f}" if col.endswith("acc")
+                                                                        else f"{v:.3f}")
+                                              for v, col in zip(cells, cols)) + " |")
+    return "\n".join(lines)
+
+
+def _figures(results, summary, workdir, kd_names) -> None:
+    strong, light = f"scale={results['strong']:g}", f"scale={results['scales'][-1]:g}"
+    acc = {n: np.asarray(a) for n, a in results["per_class_acc"].items()}
+    deltas = {"class_conditional - uniform strongest": acc["class_conditional"] - acc[strong]}
+    if "kd_from_strong" in acc:
+        deltas["kd_from_strong - its teacher"] = evaluate.per_class_delta(acc["kd_from_strong"], acc[strong])
+    if "kd_from_light" in acc:
+        deltas["kd_from_light - its teacher"] = evaluate.per_class_delta(acc["kd_from_light"], acc[light])
+    evaluate.plot_class_deltas(deltas, os.path.join(workdir, "class_deltas.png"),
+                               title="per-class accuracy change (test)")
+    evaluate.plot_confusion(np.asarray(results["confusion"][strong]), os.path.join(workdir, "confusion_strong.png"),
+                            title=f"uniform crops, min scale {results['strong']:g}")
+    plot_scale_curves({m: [(s, summary[f"scale={s:g}/{m}"], 0.0) for s in results["scales"]]
+                       for m in ("avg_acc", "affected_acc", "fine_grained_acc", "co_occurring_acc")
+                       if f"{strong}/{m}" in summary},
+                      {m: (results["strong"], summary[f"class_conditional/{m}"], 0.0)
+                       for m in ("avg_acc", "affected_acc") if f"class_conditional/{m}" in summary},
+                      os.path.join(workdir, "accuracy_vs_scale.png"))
+
+
+def plot_scale_curves(curves: dict, remedy: dict, path: str, title: str = "") -> None:
+    """Accuracy (%) vs RRC minimum scale: curves {measure: [(scale, mean, std)]}; remedy {measure:
+    (strong scale, mean, std)} drawn as stars (the class-conditional policy at the strongest crop)."""
+    import matplotlib.pyplot as plt  # the backend is the caller's (Agg when headless, inline in notebooks)
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    colors = {}
+    for m, pts in curves.items():
+        x, y, e = (np.array(v, dtype=float) for v in zip(*sorted(pts)))
+        line = ax.errorbar(x, 100 * y, yerr=100 * e, marker="o", capsize=3, label=f"uniform: {m}")
+        colors[m] = line[0].get_color()
+    for m, (x, y, e) in remedy.items():
+        ax.errorbar([x], [100 * y], yerr=[100 * e], marker="*", ms=13, ls="none", capsize=3,
+                    color=colors.get(m), label=f"class-conditional: {m}")
+    ax.set_xscale("log")
+    ax.set_xlabel("RRC minimum scale (log; smaller = stronger crops)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sweep_figure(records: list[dict], out_dir: str) -> list[str]:
+    """jkd.sweep hook: accuracy vs crop scale, mean ± std over the records (seeds) that hold the
+    augmentation probe's summary. Writes <out_dir>/accuracy_vs_scale.png; returns [path] or []."""
+    recs = [r["metrics"] for r in records if "class_conditional/avg_acc" in r["metrics"]]
+    if not recs:
+        return []
+    scales = sorted({float(k.split("/")[0][6:]) for k in recs[0] if k.startswith("scale=")})
+
+    def stat(key):
+        v = np.array([m[key] for m in recs if key in m], dtype=float)
+        return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+    curves = {m: [(s, *stat(f"scale={s:g}/{m}")) for s in scales]
+              for m in ("avg_acc", "affected_acc", "fine_grained_acc", "co_occurring_acc")
+              if all(f"scale={s:g}/{m}" in recs[0] for s in scales)}
+    remedy = {m: (scales[0], *stat(f"class_conditional/{m}")) for m in ("avg_acc", "affected_acc")
+              if f"class_conditional/{m}" in recs[0]}
+    path = os.path.join(out_dir, "accuracy_vs_scale.png")
+    plot_scale_curves(curves, remedy, path, title=f"mean ± std over {len(recs)} runs")
+    return [path]
