@@ -2,7 +2,8 @@
 
     python benchmarks/multi_student.py --teacher vit_femto4 --students vit_atto4,convnext_atto --batch 64 --image 16
 
-Times the real jkd distill step (jkd.train.step.make_train_step, jit, warm, median over repeats):
+Times the real jkd distill step (jkd.train.step.make_train_step, jit, warm, median over repeats,
+the modes timed round-robin):
   joint      one step that runs the teacher once and updates every student;
   separate   one step per student, each running the teacher itself (what separate runs do).
 Prints JSON lines and the speed-up = sum(separate) / joint.
@@ -39,16 +40,21 @@ def build(names, teacher_spec, args):
     return jax.jit(step, donate_argnums=0), state
 
 
-def time_step(step, state, batch, teacher_params, repeats):
-    state, m = step(state, batch, teacher_params)
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        state, m = step(state, batch, teacher_params)
+def time_steps(runs: dict, batch, teacher_params, repeats: int) -> dict:
+    """Median seconds per step of every compiled step in runs {name: (step, state)}, timed round-robin
+    (one step of each per round) so that machine drift hits every mode alike."""
+    states = {}
+    for name, (step, state) in runs.items():  # compile + warm up
+        states[name], m = step(state, batch, teacher_params)
         jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, (step, _) in runs.items():
+            t0 = time.perf_counter()
+            states[name], m = step(states[name], batch, teacher_params)
+            jax.block_until_ready(m)
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def main():
@@ -66,8 +72,10 @@ def main():
              "label": jax.numpy.asarray(rng.integers(0, 10, args.batch), jax.numpy.int32),
              "label_mask": jax.numpy.ones(args.batch)}
     names = args.students.split(",")
-    joint = time_step(*build(names, teacher_spec, args), batch, teacher_params, args.repeats)
-    separate = {n: time_step(*build([n], teacher_spec, args), batch, teacher_params, args.repeats) for n in names}
+    runs = {"joint": build(names, teacher_spec, args), **{n: build([n], teacher_spec, args) for n in names}}
+    medians = time_steps(runs, batch, teacher_params, args.repeats)
+    joint = medians.pop("joint")
+    separate = medians
     for n, t in separate.items():
         print(json.dumps({"mode": "separate", "student": n, "step_ms": round(1000 * t, 2)}))
     print(json.dumps({"mode": "joint", "students": names, "step_ms": round(1000 * joint, 2)}))

@@ -1,13 +1,13 @@
 """Ensemble vs KD from the ensemble vs self-distillation with real networks (Allen-Zhu & Li's
 Figure 1 protocol; the deep-net counterpart of configs/theory/multiview.py).
 
-Digits (default; 2 CPU cores, ~5 minutes per seed: 5 members + 1 KD student + 1 self-distilled
-student, 400 steps each):
+Digits (default; 2 CPU cores: 5 members + 1 KD student + 1 self-distilled student, 400 steps each,
+9-26 minutes per seed measured while other jobs shared the cores; not timed on a quiet machine):
     python -m jkd.main --config configs/ensemble_kd.py --workdir /tmp/jkd_ens
     python -m jkd.sweep --config configs/ensemble_kd.py --workdir /tmp/jkd_ens_sweep --sweep 'seed=0:5'
-Expected (docs/RESULTS.md, 5 seeds): the ensemble above every single model; KD from the ensemble
-keeps part of the gain in one model; self-distillation helps a single model less. Single members use
-seeds 1000*seed + i, so seeds give disjoint ensembles.
+Measured (docs/RESULTS.md, 5 seeds): members 95.07 ± 0.39%, ensemble of 5 95.87 ± 0.54%, KD from
+the ensemble 95.60 ± 0.51%, self-distillation 94.93 ± 0.48%. Members use seeds 1000*seed + i, so
+seeds give disjoint ensembles.
 
 Accelerators (TFDS; mirrors the paper's CIFAR experiments, where a WRN-28-10 gives single 81.51 +-
 0.16, ensemble of 10 84.69, KD from the ensemble 83.81, self-distillation 83.56 on CIFAR-100):

@@ -254,6 +254,16 @@ def test_cli_error_has_no_traceback(tmp_path):
     assert "--workdir" in proc.stderr and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_unwritable_out_fails_before_tracing(tmp_path, capsys):
+    workdir = make_workdir(str(tmp_path / "w"), {"vit": SPECS["vit"]})
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match=r"--out: cannot write .*a_file/m\.onnx"):
+        export(workdir, out=str(blocker / "m.onnx"))
+    assert cli_main(["--workdir", workdir, "--out", str(blocker / "m.onnx")]) == 2
+    assert "--out: cannot write" in capsys.readouterr().err
+
+
 def test_pipeline_dir_points_to_its_stage_workdirs(tmp_path):
     make_workdir(str(tmp_path / "kd_hinton"), {"vit": SPECS["vit"]}, trainer="distill")
     make_workdir(str(tmp_path / "teacher"), {"vit": SPECS["vit"]})

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 
 from jkd.errors import ConfigError
@@ -64,6 +65,17 @@ def _paths(st: Student, format: str, out: str | None) -> tuple[str, str | None]:
         return out or os.path.join(default_dir, f"{st.name}.onnx"), None
     engine = out or os.path.join(default_dir, f"{st.name}.engine")
     return os.path.splitext(engine)[0] + ".onnx", engine
+
+
+def _check_writable(path: str) -> None:
+    """Fail before tracing when the artifact's directory cannot be made or written (ConfigError)."""
+    out_dir = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".jkd_write_check."):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--out: cannot write {path}: {e.strerror or e} ({out_dir})") from None
 
 
 def _metadata(st: Student, batch, opset, compat) -> dict:
@@ -128,6 +140,7 @@ def export(workdir: str, student: str | None = None, *, format: str = "onnx", ba
     t0 = time.perf_counter()
     st = load_student(workdir, student, fold_preprocessing=fold_preprocessing)
     onnx_path, engine_path = _paths(st, format, out)
+    _check_writable(engine_path or onnx_path)
     image_shape = (st.spec.image_size, st.spec.image_size, st.spec.in_channels)
     log(f"student {st.name!r}: {st.spec.name}, {st.spec.num_classes} classes, input {list(image_shape)}, "
         f"checkpoint step {st.step} of {st.workdir}")
