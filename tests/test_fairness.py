@@ -217,3 +217,24 @@ def test_augmentation_probe_end_to_end(tmp_path):
     assert res["affected_classes"] == sorted({p["predicted"] for p in res["affected_pairs"]})
     assert all(os.path.exists(tmp_path / f) for f in ("class_deltas.png", "confusion_strong.png",
                                                       "accuracy_vs_scale.png"))
+
+
+def test_celeb_a_recipe_runs_on_tfds_mock_data(tmp_path):
+    """The accelerator recipe (configs/fairness/spurious.py:celeb_a) end to end on TFDS mock files:
+    attributes -> label and group, the probe's models and metrics (tiny models, 8 px, 2 steps)."""
+    import tensorflow_datasets as tfds
+    from test_tfds_data import _write_metadata
+
+    from jkd.config import model_config
+    from jkd.main import run
+    data_dir = str(tmp_path / "tfds")
+    _write_metadata(data_dir, "celeb_a", {"train": 32, "test": 32})
+    c = _config("spurious", "celeb_a")
+    c.data.data_dir, c.data.image_size, c.data.num_train, c.data.num_test = data_dir, 8, 32, 32
+    c.batch_size, c.teacher.steps, c.student.steps, c.optimizer.warmup_steps = 16, 2, 2, 1
+    c.teacher.model, c.student.model = model_config("vit_atto4"), model_config("vit_atto4")
+    c.students, c.laplace.fit_examples, c.progress = "kd", 16, False
+    with tfds.testing.mock_data(num_examples=32, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=data_dir):
+        summary = run(c, str(tmp_path / "run"))
+    for role in ("teacher", "kd"):
+        assert 0 <= summary[f"{role}/worst_group_acc"] <= summary[f"{role}/avg_acc"] <= 1
