@@ -13,18 +13,18 @@ import json
 import time
 
 import jax
-import ml_collections
 import numpy as np
 
+from jkd.config import base_config
 from jkd.train.objectives import Objective
 from jkd.train.state import ModelSpec, TrainState, graphdef_and_shapes, init_params, make_optimizer
 from jkd.train.step import make_train_step
 
 
 def build(names, teacher_spec, args):
-    opt_cfg = ml_collections.ConfigDict(dict(name="adamw", lr=1e-3, warmup_steps=1, final_lr_ratio=0.0,
-                                             weight_decay=0.05, b1=0.9, b2=0.999, grad_clip=1.0))
-    aug = ml_collections.ConfigDict(dict(crop_scale=(0.5, 1.0), flip=False, mixup_alpha=0.0))
+    opt_cfg = base_config().optimizer  # the trainers' AdamW defaults
+    opt_cfg.warmup_steps = 1
+    aug = base_config().augment  # crops (0.5-1), no flip, no mixup
     specs = {}
     for n in names:
         kw = (("stem_stride", args.image // 8),) if n.startswith("convnext") else ()

@@ -13,7 +13,7 @@ strongest- and the lightest-crop teacher. Expected result: the measured tables i
 """
 import ml_collections
 
-from jkd.config import model_config
+from jkd.config import base_config, model_config
 
 
 def get_config(arg=None):
@@ -57,15 +57,9 @@ def get_config(arg=None):
     c.kd.temperature = 4.0
     c.kd.weight = 0.9
 
-    c.optimizer = ml_collections.ConfigDict()  # jkd.train.state.make_optimizer fields
-    c.optimizer.name = "adamw"
+    c.optimizer = base_config().optimizer  # make_optimizer fields, jkd/config.py defaults (AdamW, clip 1)
     c.optimizer.lr = 2e-3
     c.optimizer.warmup_steps = 30
-    c.optimizer.final_lr_ratio = 0.0
-    c.optimizer.weight_decay = 0.05
-    c.optimizer.b1 = 0.9
-    c.optimizer.b2 = 0.999
-    c.optimizer.grad_clip = 1.0
 
     if arg == "tiny":  # 16 px kept: the shapes and marks need the pixels
         c.data.num_train = c.data.num_test = 200

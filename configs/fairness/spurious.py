@@ -19,7 +19,7 @@ Tested end to end on TFDS mock files at tiny size; time and accuracy on real Cel
 """
 import ml_collections
 
-from jkd.config import model_config
+from jkd.config import base_config, model_config
 
 
 def get_config(arg=None):
@@ -71,15 +71,9 @@ def get_config(arg=None):
     c.laplace.mc_samples = 32        # mc: logit samples per example
     c.laplace.fit_examples = 512     # training examples whose GGN is summed (rescaled to num_train), per epoch
 
-    c.optimizer = ml_collections.ConfigDict()  # jkd.train.state.make_optimizer fields
-    c.optimizer.name = "adamw"
+    c.optimizer = base_config().optimizer  # make_optimizer fields, jkd/config.py defaults (AdamW, clip 1)
     c.optimizer.lr = 2e-3
     c.optimizer.warmup_steps = 30
-    c.optimizer.final_lr_ratio = 0.0
-    c.optimizer.weight_decay = 0.05
-    c.optimizer.b1 = 0.9
-    c.optimizer.b2 = 0.999
-    c.optimizer.grad_clip = 1.0
 
     if arg == "tiny":
         c.data.num_train = c.data.num_test = 200
