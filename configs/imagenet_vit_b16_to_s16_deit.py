@@ -22,7 +22,7 @@ def get_config(arg=None):
     c.augment.flip = True
     c.augment.mixup_alpha = 0.8
     c.label_smoothing = 0.1
-    c.kd.method, c.kd.weight = "hard", 0.5
+    c.kd.method = "hard"  # DeiT hard distillation: 0.5 CE(cls head) + 0.5 CE(dist head, teacher argmax)
     c.students = dict(deit=model_config("vit_s16", distillation_token=True, drop_path_rate=0.1))
     c.batch_size = 1024
     c.eval_batch_size = 1000

@@ -6,6 +6,7 @@ default and a one-line comment here; `validate(config)` runs before anything is 
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from jkd.errors import ConfigError
 from jkd.models import check_model
@@ -59,23 +60,29 @@ def base_config() -> ml_collections.ConfigDict:
                                        # probabilities at T) or 'mean_loss' (mean of per-teacher losses)
     c.generations = 1               # self-distillation: generation k+1 learns from generation k
 
+    # KD fields left None take the method's published value (jkd.train.objectives.PAPER_DEFAULTS;
+    # every value and its source: docs/METHODS.md). Setting one overrides it.
     c.kd = ml_collections.ConfigDict()
-    c.kd.method = "hinton"          # hinton | hard | dkd | nkd (jkd/train/objectives.py)
-    c.kd.temperature = 4.0          # T (hinton, dkd, nkd; the KL terms are scaled by T^2)
-    c.kd.weight = 0.9               # loss = weight * KD + (1 - weight) * CE(labelled examples)
-    c.kd.hard_label_smoothing = 0.0  # hard: label smoothing on the teacher's argmax
-    c.kd.dkd_alpha = 1.0            # dkd: weight of the target-class (binary) KL
-    c.kd.dkd_beta = 8.0             # dkd: weight of the non-target-class KL
-    c.kd.dkd_warmup_steps = 0       # dkd: linear warm-up of the KD term over this many steps
-    c.kd.nkd_gamma = 1.5            # nkd: weight of the normalised non-target term
+    c.kd.method = "hinton"          # hinton | hard | dkd | nkd | fm (docs/METHODS.md)
+    c.kd.setting = "cifar"          # which published setting fills unset fields: 'cifar' | 'imagenet'
+    c.kd.temperature = placeholder(float)  # T; None = paper: hinton 4 (imagenet 1), dkd 4 (1), nkd 1, fm 1, DeiT soft 3
+    c.kd.weight = placeholder(float)       # KD term weight; None = paper: hinton 0.9 (0.5), hard 0.5, dkd/nkd/fm 1, DeiT soft 0.1
+    c.kd.ce_weight = placeholder(float)    # label CE weight; None = paper: hinton 0.1 (0.5), hard 0.5, dkd/nkd 1, fm 0,
+                                           # DeiT soft 0.9; hinton/hard with only kd.weight set: 1 - weight
+    c.kd.hard_label_smoothing = 0.0  # hard: label smoothing on the teacher's argmax (DeiT: 0)
+    c.kd.dkd_alpha = placeholder(float)  # dkd: target-class (binary) KL weight; None = 1 (mdistiller)
+    c.kd.dkd_beta = placeholder(float)   # dkd: non-target KL weight; None = 8 (cifar), 0.5 (imagenet) (mdistiller)
+    c.kd.dkd_warmup_fraction = placeholder(float)  # dkd: linear KD warm-up over this fraction of steps;
+                                                   # None = 20/240 (cifar), 1/100 (imagenet) (mdistiller)
+    c.kd.nkd_gamma = placeholder(float)  # nkd: non-target term weight; None = 1.5, 1.0 for ViT students (cls_KD)
 
     c.feature_kd = ml_collections.ConfigDict()
     c.feature_kd.method = "none"    # none | vitkd (ViT -> ViT) | align (ViT -> ConvNeXt)
-    c.feature_kd.mimic_weight = 2.0     # vitkd: mean-MSE weight of mimicking blocks 0-1 (docs/METHODS.md)
-    c.feature_kd.generate_weight = 0.2  # vitkd: mean-MSE weight of generating the last block
-    c.feature_kd.mask_ratio = 0.5       # vitkd: fraction of last-block tokens masked and generated
+    c.feature_kd.vitkd_alpha = placeholder(float)  # vitkd: mimic weight on sum((x_s'-x_t)^2)/B; None = 3e-5 (cls_KD)
+    c.feature_kd.vitkd_beta = placeholder(float)   # vitkd: generation weight, sum over masked / B / ratio; None = 3e-6
+    c.feature_kd.mask_ratio = placeholder(float)   # vitkd: fraction of last-block tokens masked; None = 0.5 (cls_KD)
     c.feature_kd.align_stage = -1       # align: which ConvNeXt stage (0..3, -1 = last) is projected
-    c.feature_kd.align_loss = "cosine"  # align: cosine | mse
+    c.feature_kd.align_loss = "cosine"  # align: cosine | mse (jkd's own method: docs/METHODS.md)
     c.feature_kd.align_weight = 1.0     # align: weight of the alignment loss
 
     c.optimizer = ml_collections.ConfigDict()
@@ -114,6 +121,7 @@ def use_imagenet(c: ml_collections.ConfigDict) -> None:
     c.data.train_split, c.data.eval_split = "train", "validation"
     c.data.image_size, c.data.channels = 224, 3
     c.data.mean, c.data.std = 0.5, 0.5
+    c.kd.setting = "imagenet"  # the methods' published ImageNet defaults (docs/METHODS.md)
 
 
 def use_cifar100(c: ml_collections.ConfigDict) -> None:
@@ -140,6 +148,31 @@ def _positive(config, *fields) -> None:
             raise ConfigError(f"config.{f}: must be a positive integer, got {value!r}")
 
 
+# Fields that changed meaning when jkd's defaults became the papers' (issue 13): a config that still
+# sets one fails instead of silently training something else.
+RENAMED_FIELDS = {
+    "kd.dkd_warmup_steps": "kd.dkd_warmup_fraction (a fraction of config.steps; mdistiller: 20/240)",
+    "feature_kd.mimic_weight": "feature_kd.vitkd_alpha (weight on the reference's summed squared error, 3e-5)",
+    "feature_kd.generate_weight": "feature_kd.vitkd_beta (weight on the reference's summed squared error, 3e-6)",
+}
+
+
+def check_renamed(config) -> None:
+    """ConfigError for a field that was renamed, anywhere in config or a student's overrides."""
+    def has(node, dotted):
+        for part in dotted.split("."):
+            if not hasattr(node, "keys") or part not in node:
+                return False
+            node = node[part]
+        return True
+    nodes = [("config", config)] + [(f"config.students.{n}", e) for n, e in dict(config.get("students") or {}).items()
+                                    if hasattr(e, "keys")]
+    for prefix, node in nodes:
+        for old, new in RENAMED_FIELDS.items():
+            if has(node, old):
+                raise ConfigError(f"{prefix}.{old}: renamed to {new}")
+
+
 def validate(config) -> None:
     """Cheap checks of the fields every trainer uses; raises ConfigError naming the field."""
     if config.get("trainer") not in TRAINERS:
@@ -164,9 +197,10 @@ def validate(config) -> None:
         raise ConfigError(f"config.augment.crop_scale: need (min, max) with 0 < min <= max <= 1, got {scale!r}")
     if config.augment.mixup_alpha < 0:
         raise ConfigError(f"config.augment.mixup_alpha: must be >= 0, got {config.augment.mixup_alpha}")
-    if not 0.0 <= config.kd.weight <= 1.0:
-        raise ConfigError(f"config.kd.weight: must be in [0, 1], got {config.kd.weight}")
-    if config.kd.temperature <= 0:
+    check_renamed(config)
+    if config.kd.weight is not None and config.kd.weight < 0:
+        raise ConfigError(f"config.kd.weight: must be >= 0, got {config.kd.weight}")
+    if config.kd.temperature is not None and config.kd.temperature <= 0:
         raise ConfigError(f"config.kd.temperature: must be > 0, got {config.kd.temperature}")
     size = config.data.image_size
     if config.trainer == "supervised":

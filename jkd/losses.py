@@ -100,17 +100,22 @@ def dkd(student_logits: jax.Array, teacher_logits: jax.Array, targets: jax.Array
 
 
 def nkd(student_logits: jax.Array, teacher_logits: jax.Array, targets: jax.Array, *, temperature: float,
-        gamma: float = 1.5, weights: jax.Array | None = None) -> tuple[jax.Array, dict]:
+        gamma: float = 1.5, teacher_target_prob: jax.Array | None = None,
+        weights: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """Normalised KD (Yang et al. 2023): -t_y log s_y + gamma * T^2 * CE(t_hat, s_hat).
 
     t_y, s_y: teacher/student probabilities (T = 1) of the target class; t_hat, s_hat: their
     distributions over the non-target classes at temperature T, renormalised. targets [B] int.
-    Returns (loss, {'nkd_target', 'nkd_non_target'}).
+    teacher_target_prob [B]: t_y when it is not softmax(teacher_logits)[y] (an ensemble's mean
+    probability at T = 1, while teacher_logits carry the ensemble's distribution at T). t_y is a
+    constant weight (the reference detaches it). Returns (loss, {'nkd_target', 'nkd_non_target'}).
     """
     t = temperature
     gt = jax.nn.one_hot(targets, student_logits.shape[-1], dtype=bool)
     log_s = jax.nn.log_softmax(student_logits, -1)
-    t_y = (jax.nn.softmax(teacher_logits, -1) * gt).sum(-1)
+    if teacher_target_prob is None:
+        teacher_target_prob = (jax.nn.softmax(teacher_logits, -1) * gt).sum(-1)
+    t_y = jax.lax.stop_gradient(teacher_target_prob)
     target_term = -(t_y * (log_s * gt).sum(-1))
     nt_s = jax.nn.log_softmax(jnp.where(gt, -1e9, student_logits / t), -1)
     nt_t = jax.nn.softmax(jnp.where(gt, -1e9, teacher_logits / t), -1)
@@ -123,11 +128,38 @@ def nkd(student_logits: jax.Array, teacher_logits: jax.Array, targets: jax.Array
 def ensemble_logits(teacher_logits: jax.Array, temperature: float) -> jax.Array:
     """Logits whose softmax at T is the mean of the teachers' softmax at T.
 
-    teacher_logits [M, B, K] -> [B, K] = T * log(mean_m softmax(z_m / T)). Any logit-based KD loss at
-    temperature T then distils the probability-averaged ensemble exactly.
+    teacher_logits [M, B, K] -> [B, K] = T * log(mean_m softmax(z_m / T)). A KL or CE at temperature
+    T against these logits distils the probability-averaged ensemble at T exactly. At another
+    temperature they are not the ensemble (softmax(ensemble_logits(z, T)) != mean softmax(z)):
+    ask for the temperature each term needs (jkd.train.objectives.teacher_targets).
     """
     probs = jax.nn.softmax(teacher_logits / temperature, -1).mean(0)
     return temperature * jnp.log(jnp.maximum(probs, 1e-30))
+
+
+def vitkd_mimic(student_preds: list, teacher_tokens: list, *, alpha: float) -> jax.Array:
+    """ViTKD mimicking (Yang et al. 2022) as in the reference (yzd-v/cls_KD ViTKDLoss):
+    alpha * sum over layers, tokens and channels of (x_s' - x_t)^2 / B.
+
+    student_preds, teacher_tokens: lists of [B, N, D_t] (the projected student patch tokens and the
+    teacher's, one pair per shallow block) -> scalar. The sum reduction makes the loss grow with
+    N * D_t: alpha = 3e-5 is the reference's value for DeiT sizes.
+    """
+    b = student_preds[0].shape[0]
+    sq = sum(((p.astype(jnp.float32) - t.astype(jnp.float32)) ** 2).sum() for p, t in zip(student_preds, teacher_tokens))
+    return alpha * sq / b
+
+
+def vitkd_generate(generated: jax.Array, teacher_tokens: jax.Array, mask: jax.Array, *, beta: float,
+                   mask_ratio: float) -> jax.Array:
+    """ViTKD generation as in the reference: beta * sum over masked tokens and channels of
+    (g - x_t)^2 / B / mask_ratio.
+
+    generated, teacher_tokens [B, N, D_t]; mask [B, N] (1 = masked, generated) -> scalar.
+    """
+    b = generated.shape[0]
+    diff = (generated.astype(jnp.float32) - teacher_tokens.astype(jnp.float32)) * mask[..., None]
+    return beta * (diff ** 2).sum() / b / mask_ratio
 
 
 def feature_mse(pred: jax.Array, target: jax.Array, mask: jax.Array | None = None) -> jax.Array:

@@ -147,7 +147,7 @@ def test_cli_unknown_field_or_wrong_type_is_exit_2(tmp_path, override, message):
     ("batch_size", 16.5, r"config\.batch_size: must be a positive integer, got 16\.5"),
     ("data.channels", 2, r"config\.data\.channels: must be 1 or 3, got 2"),
     ("data.image_size", -8, r"config\.data\.image_size: must be a positive integer"),
-    ("kd.weight", 1.5, r"config\.kd\.weight: must be in \[0, 1\], got 1\.5"),
+    ("kd.weight", -0.5, r"config\.kd\.weight: must be >= 0, got -0\.5"),
     ("augment.crop_scale", (0.8, 0.2), r"config\.augment\.crop_scale: need \(min, max\)"),
     ("nonfinite", "ignore", r"config\.nonfinite: must be one of \('stop', 'skip'\), got 'ignore'"),
     ("trainer", "distil", r"config\.trainer: unknown trainer 'distil'"),

@@ -77,12 +77,18 @@ def test_every_method_in_one_run(teachers, tmp_path):
     assert {"vitkd__kd_heads", "align__kd_heads"} <= set(params) and "hinton__kd_heads" not in params
 
 
-def test_function_matching_without_labels_and_mixup(teachers, tmp_path):
+@pytest.mark.parametrize("how", ["method", "fields"])
+def test_function_matching_without_labels_and_mixup(teachers, tmp_path, how):
+    """kd.method='fm' (KL at T = 1, no label term), or the same spelled with hinton's fields."""
     c = _distill(teachers["a"], vit=model_config("vit_atto4"))
-    c.kd.weight, c.kd.temperature, c.augment.mixup_alpha = 1.0, 1.0, 0.4
+    if how == "method":
+        c.kd.method = "fm"
+    else:
+        c.kd.weight, c.kd.temperature = 1.0, 1.0  # hinton with weight 1 alone: ce_weight = 1 - 1 = 0
+    c.augment.mixup_alpha = 1.0
     run(c, str(tmp_path))
     m = _train_metrics(str(tmp_path))
-    assert m["vit/loss"] == pytest.approx(m["vit/kd"], rel=1e-6)
+    assert m["vit/loss"] == pytest.approx(m["vit/kd"], rel=1e-6) and m["vit/ce"] > 0
 
 
 @pytest.mark.parametrize("ensemble", ["mean_probs", "mean_loss"])
@@ -101,7 +107,7 @@ def test_self_distillation_generations(teachers, tmp_path):
     assert os.path.isdir(tmp_path / "gen_2" / "checkpoints")
     with open(tmp_path / "gen_2" / "run.json") as f:
         assert json.load(f)["config"]["teacher"]["checkpoint"] == str(tmp_path / "gen_1")
-    assert "| 2 | vit_atto4 |" in (tmp_path / "results.md").read_text()
+    assert "| 2 | 993632896 | vit_atto4 |" in (tmp_path / "results.md").read_text()  # generation 2's own seed
 
 
 @pytest.fixture

@@ -238,10 +238,13 @@ def train_models(params: dict, frozen: dict, x: np.ndarray, labels: np.ndarray, 
     return params, np.asarray(history)
 
 
-def ensemble_logits(logits: jax.Array, average: str = "logits") -> jax.Array:
-    """Combine member logits [L, N, k] -> [N, k]: mean logits, or log of the mean probabilities."""
+def ensemble_logits(logits: jax.Array, average: str = "logits", temperature: float = 1.0) -> jax.Array:
+    """Combine member logits [L, N, k] -> [N, k]: mean logits, or ('probs') logits whose softmax at
+    `temperature` is the mean of the members' softmax at that temperature (losses.ensemble_logits).
+    A KD teacher at T needs the latter at T: the mean probabilities at T = 1, softened afterwards,
+    are a different (sharper) target."""
     if average == "probs":
-        return jnp.log(jax.nn.softmax(logits, axis=-1).mean(0) + 1e-30)
+        return losses.ensemble_logits(logits, temperature)
     return logits.mean(0)
 
 
@@ -340,7 +343,8 @@ def run_variant(config, variant: str, data, *, log=None) -> dict:
         out["ensemble"] = _measure(ens, data, **ens_views)
     kd_args = dict(kd_temperature=config.kd.temperature, kd_weight=config.kd.weight)
     if "kd" in methods:
-        logits, v = trained("kd", S, teacher_logits=ens["train"][0], **kd_args, desc=f"{variant}: {S} KD students")
+        teacher = ensemble_logits(single_logits["train"], config.ensemble.average, config.kd.temperature)
+        logits, v = trained("kd", S, teacher_logits=teacher, **kd_args, desc=f"{variant}: {S} KD students")
         out["kd"] = _measure(logits, data, **v)
     if "self_distill" in methods:
         logits, v = trained("self_distill", S, teacher_logits=single_logits["train"][:S], **kd_args,

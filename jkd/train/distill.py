@@ -4,7 +4,8 @@ Every teacher runs once per batch on the same augmented view that every student 
 has its own params, optimizer state and objective (jkd/train/objectives.py: hinton, hard, dkd, nkd,
 DeiT distillation token, ViTKD, ViT->ConvNeXt alignment). Several teachers (comma-separated
 config.teacher.checkpoint) form an ensemble. config.generations > 1 runs self-distillation
-(born-again networks): generation k+1 learns from generation k, in <workdir>/gen_<k>.
+(born-again networks): generation k+1 learns from generation k, in <workdir>/gen_<k>, from its own
+seed (generation_seed: new init, data order and augmentation draws; recorded in its run.json).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import json
 import os
 
 import jax
+import numpy as np
 
 from jkd import checkpoint, sharding
 from jkd.config import validate
@@ -85,13 +87,26 @@ def _distill_once(config, workdir: str, desc: str) -> dict:
                heads=heads, desc=desc)[0]
 
 
+def generation_seed(seed: int, generation: int) -> int:
+    """The seed of generation k (1-based) of a self-distillation run started with `seed`.
+
+    Generation 1 keeps `seed` (it is an ordinary distillation run); each later one gets an independent
+    seed derived from (seed, k), so that it starts from its own init, data order and augmentation
+    draws, as born-again networks and Allen-Zhu & Li's self-distillation assume, while a rerun (or a
+    resume) of the same config derives the same seeds.
+    """
+    if generation == 1:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(generation)]).generate_state(1)[0] % (2 ** 31 - 1))
+
+
 def generations_table(summaries: list[dict], student: str) -> str:
     """Markdown: one row per generation (teacher accuracy, student accuracy, agreement)."""
-    lines = ["| generation | teacher | teacher accuracy | student accuracy | teacher agreement |",
-             "|---:|---|---:|---:|---:|"]
+    lines = ["| generation | seed | teacher | teacher accuracy | student accuracy | teacher agreement |",
+             "|---:|---:|---|---:|---:|---:|"]
     for k, s in enumerate(summaries, 1):
         m = s["models"][student]
-        lines.append(f"| {k} | {s['teacher']['model']} | {100 * s['teacher']['accuracy']:.2f}% | "
+        lines.append(f"| {k} | {s.get('seed', '')} | {s['teacher']['model']} | {100 * s['teacher']['accuracy']:.2f}% | "
                      f"{100 * m['accuracy']:.2f}% | {100 * m['teacher_agreement']:.2f}% |")
     return "\n".join(lines)
 
@@ -106,11 +121,13 @@ def train_distill(config, workdir: str, *, desc: str = "distill") -> dict:
     summaries = []
     for k in range(1, config.generations + 1):
         gen = config.copy_and_resolve_references()
-        if k > 1:  # born-again: the previous generation's student is the teacher
-            with gen.unlocked():
+        with gen.unlocked():
+            gen.seed = generation_seed(config.seed, k)
+            if k > 1:  # born-again: the previous generation's student is the teacher
                 gen.teacher.checkpoint = os.path.join(workdir, f"gen_{k - 1}")
                 gen.teacher.model_key = student
-        summaries.append(_distill_once(gen, os.path.join(workdir, f"gen_{k}"), f"{desc} gen {k}"))
+        summaries.append({**_distill_once(gen, os.path.join(workdir, f"gen_{k}"), f"{desc} gen {k}"),
+                          "seed": gen.seed})
     table = generations_table(summaries, student)
     summary = {**summaries[-1], "generations": summaries}
     if jax.process_index() == 0:

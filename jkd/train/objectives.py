@@ -1,19 +1,26 @@
 """What each student learns from the teacher(s): the KD family behind one config switch each.
 
 Per student, `config.kd` (logit loss) and `config.feature_kd` (feature loss) give the defaults and a
-student entry may override fields: `config.students.vit.kd.method = 'dkd'`.
+student entry may override fields: `config.students.vit.kd.method = 'dkd'`. A field left unset
+(None) takes the method's published value for `config.kd.setting` ('cifar' or 'imagenet'):
+PAPER_DEFAULTS below, every value with its source in docs/METHODS.md.
 
-Logit losses (kd.method), mixed with label CE as  kd.weight * KD + (1 - kd.weight) * CE:
-  hinton  T^2 KL(teacher_T || student_T)                     (Hinton et al. 2015)
+Logit losses (kd.method), each in its reference's form  ce_weight * CE(labels) + weight * KD:
+  hinton  T^2 KL(teacher_T || student_T)                     (Hinton et al. 2015; mdistiller KD)
   hard    CE on the teacher's argmax                          (DeiT's hard distillation)
-  dkd     alpha TCKD + beta NCKD, T^2, linear warm-up         (Zhao et al. 2022)
-  nkd     -t_y log s_y + gamma T^2 CE over non-targets        (Yang et al. 2023)
+  dkd     alpha TCKD + beta NCKD, T^2, linear warm-up         (Zhao et al. 2022; mdistiller DKD)
+  nkd     -t_y log s_y + gamma T^2 CE over non-targets        (Yang et al. 2023; yzd-v/cls_KD)
+  fm      KL(teacher || student) at T = 1, no label term      (Beyer et al. 2022, function matching)
 A ViT student built with `distillation_token=True` (DeiT) takes the KD term on its distillation
-head and CE on its CLS head; at inference the two heads are averaged.
-Feature losses (feature_kd.method): 'vitkd' (ViT -> ViT: mimic blocks 0-1, generate the last) and
-'align' (ViT -> ConvNeXt: a student stage projected onto the teacher's patch-token map).
-Several teachers: targets are the mean of their probabilities (ensemble='mean_probs') or the
-per-teacher losses are averaged (ensemble='mean_loss'); feature KD uses the first teacher.
+head and CE on its CLS head (DeiT's defaults: soft 0.9 CE + 0.1 tau^2 KL at tau = 3, hard 0.5/0.5);
+at inference the two heads are averaged.
+Feature losses (feature_kd.method): 'vitkd' (ViT -> ViT: mimic blocks 0-1, generate the last; the
+reference's sum reduction and alpha/beta) and 'align' (ViT -> ConvNeXt: a student stage projected
+onto the teacher's patch-token map).
+Several teachers: each term gets the ensemble quantity its formula needs (mean probabilities at T for
+the KL terms, mean probabilities at T = 1 for NKD's t_y and the hard target: teacher_targets), with
+ensemble='mean_probs'; or the per-teacher losses are averaged (ensemble='mean_loss'). Feature KD uses
+the first teacher.
 """
 from __future__ import annotations
 
@@ -28,17 +35,40 @@ from jkd.errors import ConfigError
 from jkd.models import parse_model_name
 from jkd.models.kd_heads import AlignHead, ViTKDHeads
 
-KD_METHODS = ("hinton", "hard", "dkd", "nkd")
+KD_METHODS = ("hinton", "hard", "dkd", "nkd", "fm")
+SETTINGS = ("cifar", "imagenet")
 FEATURE_METHODS = ("none", "vitkd", "align")
 ENSEMBLE_MODES = ("mean_probs", "mean_loss")
 
+# The published value of every kd field a user leaves unset, per method and setting. Sources (paper
+# section or reference config file) are in docs/METHODS.md; a test checks this table against it.
+_DKD = dict(weight=1.0, ce_weight=1.0, dkd_alpha=1.0)
+PAPER_DEFAULTS = {
+    ("hinton", "cifar"): dict(temperature=4.0, weight=0.9, ce_weight=0.1),      # mdistiller CFG.KD
+    ("hinton", "imagenet"): dict(temperature=1.0, weight=0.5, ce_weight=0.5),   # mdistiller imagenet kd.yaml
+    ("hard", "cifar"): dict(temperature=1.0, weight=0.5, ce_weight=0.5),        # DeiT hard distillation
+    ("hard", "imagenet"): dict(temperature=1.0, weight=0.5, ce_weight=0.5),
+    ("dkd", "cifar"): dict(_DKD, temperature=4.0, dkd_beta=8.0, dkd_warmup_fraction=20 / 240),  # CFG.DKD
+    ("dkd", "imagenet"): dict(_DKD, temperature=1.0, dkd_beta=0.5, dkd_warmup_fraction=1 / 100),  # dkd.yaml
+    ("nkd", "cifar"): dict(temperature=1.0, weight=1.0, ce_weight=1.0, nkd_gamma=1.5),  # cls_KD NKDLoss
+    ("nkd", "imagenet"): dict(temperature=1.0, weight=1.0, ce_weight=1.0, nkd_gamma=1.5),
+    ("fm", "cifar"): dict(temperature=1.0, weight=1.0, ce_weight=0.0),          # big_vision distill
+    ("fm", "imagenet"): dict(temperature=1.0, weight=1.0, ce_weight=0.0),
+}
+# A DeiT student (distillation token): the DeiT paper's values for its soft and hard variants.
+DEIT_DEFAULTS = {"hinton": dict(temperature=3.0, weight=0.1, ce_weight=0.9),
+                 "hard": dict(temperature=1.0, weight=0.5, ce_weight=0.5)}
+NKD_GAMMA_VIT = 1.0  # cls_KD's configs for DeiT (ViT) students use gamma = 1.0
+VITKD_DEFAULTS = dict(vitkd_alpha=3e-5, vitkd_beta=3e-6, mask_ratio=0.5)  # cls_KD ViTKDLoss
+CONVEX_METHODS = ("hinton", "hard")  # weight alone given: ce_weight = 1 - weight (Hinton's a, 1 - a)
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
     """One student's resolved loss settings (static: part of the compiled step)."""
     method: str = "hinton"
     temperature: float = 4.0
-    weight: float = 0.9
+    weight: float = 0.9       # of the KD term
+    ce_weight: float = 0.1    # of the label CE term
     hard_label_smoothing: float = 0.0
     dkd_alpha: float = 1.0
     dkd_beta: float = 8.0
@@ -46,8 +76,8 @@ class Objective:
     nkd_gamma: float = 1.5
     deit: bool = False
     feature: str = "none"
-    mimic_weight: float = 2.0
-    generate_weight: float = 0.2
+    vitkd_alpha: float = 3e-5
+    vitkd_beta: float = 3e-6
     mask_ratio: float = 0.5
     align_stage: int = -1
     align_loss: str = "cosine"
@@ -55,6 +85,41 @@ class Objective:
     ensemble: str = "mean_probs"
     teacher_prefix: int = 1   # leading non-patch tokens of the (first) teacher
     student_prefix: int = 1   # of a ViT student
+
+
+def paper_defaults(method: str, setting: str, *, deit: bool = False, vit_student: bool = False) -> dict:
+    """The published value of every kd field of `method` in `setting` ('cifar' | 'imagenet') for a
+    student with a DeiT distillation token (deit) or a ViT student (NKD's gamma). See docs/METHODS.md."""
+    out = {"hard_label_smoothing": 0.0, "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_warmup_fraction": 0.0,
+           "nkd_gamma": 1.5}
+    out.update(PAPER_DEFAULTS[(method, setting)])
+    if deit and method in DEIT_DEFAULTS:
+        out.update(DEIT_DEFAULTS[method])
+    if method == "nkd" and (deit or vit_student):
+        out["nkd_gamma"] = NKD_GAMMA_VIT
+    return out
+
+
+def resolve_kd(kd: dict, *, deit: bool, vit_student: bool, field: str) -> dict:
+    """Fill the unset (None) fields of one student's kd block with paper_defaults; a weight given
+    without ce_weight keeps the method's form (1 - weight for hinton/hard, the paper's otherwise)."""
+    setting = kd.get("setting", "cifar")
+    if setting not in SETTINGS:
+        raise ConfigError(f"{field}.kd.setting: unknown {setting!r} (known: {', '.join(SETTINGS)})")
+    paper = paper_defaults(kd["method"], setting, deit=deit, vit_student=vit_student)
+    out = {k: (paper[k] if kd.get(k) is None else kd[k]) for k in paper}
+    if kd.get("weight") is not None and kd.get("ce_weight") is None and kd["method"] in CONVEX_METHODS:
+        out["ce_weight"] = 1.0 - float(kd["weight"])
+    for k in ("temperature", "weight", "ce_weight", "dkd_alpha", "dkd_beta", "nkd_gamma"):
+        if not isinstance(out[k], (int, float)) or isinstance(out[k], bool):
+            raise ConfigError(f"{field}.kd.{k}: must be a number, got {out[k]!r}")
+    if out["temperature"] <= 0:
+        raise ConfigError(f"{field}.kd.temperature: must be > 0, got {out['temperature']}")
+    if out["weight"] < 0 or out["ce_weight"] < 0:
+        raise ConfigError(f"{field}.kd.weight / ce_weight: must be >= 0, got {out['weight']}, {out['ce_weight']}")
+    if not 0.0 <= out["dkd_warmup_fraction"] <= 1.0:
+        raise ConfigError(f"{field}.kd.dkd_warmup_fraction: must be in [0, 1], got {out['dkd_warmup_fraction']}")
+    return out
 
 
 def _prefix_tokens(vit_kwargs: dict) -> int:
@@ -114,15 +179,18 @@ def resolve_objective(config, name: str, entry, student_spec, teacher_specs: lis
                                   f"{feat['align_stage']}")
             if feat["align_loss"] not in ("cosine", "mse"):
                 raise ConfigError(f"{field}.feature_kd.align_loss: 'cosine' or 'mse', got {feat['align_loss']!r}")
-    if kd["method"] in ("dkd", "nkd") and kd["temperature"] <= 0:
-        raise ConfigError(f"{field}.kd.temperature: must be > 0")
+    resolved = resolve_kd(kd, deit=deit, vit_student=family == "vit", field=field)
+    feat_fields = {k: (VITKD_DEFAULTS[k] if feat.get(k) is None else feat[k]) for k in VITKD_DEFAULTS}
+    if not 0.0 < feat_fields["mask_ratio"] < 1.0:
+        raise ConfigError(f"{field}.feature_kd.mask_ratio: must be in (0, 1), got {feat_fields['mask_ratio']}")
     return Objective(
-        method=kd["method"], temperature=float(kd["temperature"]), weight=float(kd["weight"]),
-        hard_label_smoothing=float(kd.get("hard_label_smoothing", 0.0)), dkd_alpha=float(kd.get("dkd_alpha", 1.0)),
-        dkd_beta=float(kd.get("dkd_beta", 8.0)), dkd_warmup_steps=int(kd.get("dkd_warmup_steps", 0)),
-        nkd_gamma=float(kd.get("nkd_gamma", 1.5)), deit=deit, feature=feat["method"],
-        mimic_weight=float(feat["mimic_weight"]), generate_weight=float(feat["generate_weight"]),
-        mask_ratio=float(feat["mask_ratio"]), align_stage=int(feat["align_stage"]), align_loss=feat["align_loss"],
+        method=kd["method"], temperature=float(resolved["temperature"]), weight=float(resolved["weight"]),
+        ce_weight=float(resolved["ce_weight"]), hard_label_smoothing=float(resolved["hard_label_smoothing"]),
+        dkd_alpha=float(resolved["dkd_alpha"]), dkd_beta=float(resolved["dkd_beta"]),
+        dkd_warmup_steps=int(round(float(resolved["dkd_warmup_fraction"]) * config.steps)),
+        nkd_gamma=float(resolved["nkd_gamma"]), deit=deit, feature=feat["method"],
+        vitkd_alpha=float(feat_fields["vitkd_alpha"]), vitkd_beta=float(feat_fields["vitkd_beta"]),
+        mask_ratio=float(feat_fields["mask_ratio"]), align_stage=int(feat["align_stage"]), align_loss=feat["align_loss"],
         align_weight=float(feat["align_weight"]), ensemble=config.teacher.ensemble,
         teacher_prefix=teacher_prefix, student_prefix=student_prefix)
 
@@ -147,47 +215,60 @@ def needs_features(objectives: dict) -> bool:
     return any(o.feature != "none" for o in objectives.values())
 
 
-def teacher_targets(teacher_logits: jax.Array, objective: Objective) -> jax.Array:
-    """[M, B, K] teachers' logits -> [B, K] logits whose softmax at T is the ensemble target."""
+def teacher_targets(teacher_logits: jax.Array, temperature: float) -> dict:
+    """[M, B, K] teachers' logits -> {'at_t', 'at_1'}: [B, K] logits whose softmax at T (at_t) and at
+    T = 1 (at_1) is the teachers' mean probability at that temperature. One teacher: its logits for both.
+
+    The mean of softmaxes at T, sharpened back to T = 1, is not the mean at T = 1, so each term asks
+    for its own: KL terms (hinton, fm, dkd, NKD's non-target part) at T; NKD's t_y and the hard
+    target at T = 1.
+    """
     if teacher_logits.shape[0] == 1:
-        return teacher_logits[0]
-    return losses.ensemble_logits(teacher_logits, objective.temperature)
+        return {"at_t": teacher_logits[0], "at_1": teacher_logits[0]}
+    return {"at_t": losses.ensemble_logits(teacher_logits, temperature),
+            "at_1": losses.ensemble_logits(teacher_logits, 1.0)}
 
 
 def kd_term(obj: Objective, student_logits, teacher_logits_all, target_classes, step) -> tuple[jax.Array, dict]:
-    """The logit KD loss of one student against all teachers ([M, B, K])."""
-    def single(teacher_logits):
-        if obj.method == "hinton":
-            return losses.kd_kl(student_logits, teacher_logits, temperature=obj.temperature), {}
+    """The logit KD loss of one student against all teachers. student_logits [B, K], teacher_logits_all
+    [M, B, K], target_classes [B] int (DKD/NKD's target), step: the optimizer step (DKD warm-up).
+    Returns (unweighted KD loss, parts)."""
+    def single(targets: dict):
+        if obj.method in ("hinton", "fm"):
+            return losses.kd_kl(student_logits, targets["at_t"], temperature=obj.temperature), {}
         if obj.method == "hard":
-            return losses.hard_kd(student_logits, teacher_logits, label_smoothing=obj.hard_label_smoothing), {}
+            return losses.hard_kd(student_logits, targets["at_1"], label_smoothing=obj.hard_label_smoothing), {}
         if obj.method == "dkd":
-            loss, parts = losses.dkd(student_logits, teacher_logits, target_classes, temperature=obj.temperature,
+            loss, parts = losses.dkd(student_logits, targets["at_t"], target_classes, temperature=obj.temperature,
                                      alpha=obj.dkd_alpha, beta=obj.dkd_beta)
-            if obj.dkd_warmup_steps:
-                loss = loss * jnp.minimum(step / obj.dkd_warmup_steps, 1.0)
+            if obj.dkd_warmup_steps:  # mdistiller: min(epoch / warmup, 1) with epoch from 1; here per step
+                loss = loss * jnp.minimum((step + 1) / obj.dkd_warmup_steps, 1.0)
             return loss, parts
-        return losses.nkd(student_logits, teacher_logits, target_classes, temperature=obj.temperature,
-                          gamma=obj.nkd_gamma)
+        t_y = jnp.take_along_axis(jax.nn.softmax(targets["at_1"], -1), target_classes[:, None], -1)[:, 0]
+        return losses.nkd(student_logits, targets["at_t"], target_classes, temperature=obj.temperature,
+                          gamma=obj.nkd_gamma, teacher_target_prob=t_y)
 
     if obj.ensemble == "mean_loss" and teacher_logits_all.shape[0] > 1:
-        results = [single(teacher_logits_all[m]) for m in range(teacher_logits_all.shape[0])]
+        results = [single(teacher_targets(teacher_logits_all[m:m + 1], obj.temperature))
+                   for m in range(teacher_logits_all.shape[0])]
         loss = sum(r[0] for r in results) / len(results)
         return loss, {k: sum(r[1][k] for r in results) / len(results) for k in results[0][1]}
-    return single(teacher_targets(teacher_logits_all, obj))
+    return single(teacher_targets(teacher_logits_all, obj.temperature))
 
 
 def feature_term(obj: Objective, student_out: dict, teacher_out: dict, head_graphdef, head_params, key):
-    """Feature KD loss of one student: (loss, parts)."""
+    """Feature KD loss of one student: (loss, parts). vitkd: mimic + generate, each already weighted by
+    the reference's alpha / beta (the parts are the weighted terms, as the reference logs them)."""
     heads = nnx.merge(head_graphdef, head_params)
     if obj.feature == "vitkd":
         sp, tp = obj.student_prefix, obj.teacher_prefix
         preds = heads.mimic_shallow([tok[:, sp:] for tok in student_out["tokens"][:2]])
-        mimic = sum(losses.feature_mse(p, jax.lax.stop_gradient(t[:, tp:]))
-                    for p, t in zip(preds, teacher_out["tokens"][:2])) / 2
+        mimic = losses.vitkd_mimic(preds, [jax.lax.stop_gradient(t[:, tp:]) for t in teacher_out["tokens"][:2]],
+                                   alpha=obj.vitkd_alpha)
         generated, mask = heads.generate_deep(student_out["final_tokens"][:, sp:], key)
-        generate = losses.feature_mse(generated, teacher_out["final_tokens"][:, tp:], mask)
-        return obj.mimic_weight * mimic + obj.generate_weight * generate, {"mimic": mimic, "generate": generate}
+        generate = losses.vitkd_generate(generated, jax.lax.stop_gradient(teacher_out["final_tokens"][:, tp:]), mask,
+                                         beta=obj.vitkd_beta, mask_ratio=obj.mask_ratio)
+        return mimic + generate, {"mimic": mimic, "generate": generate}
     tokens = teacher_out["final_tokens"][:, obj.teacher_prefix:]
     b, n, d = tokens.shape
     grid = int(round(n ** 0.5))

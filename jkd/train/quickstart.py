@@ -8,12 +8,14 @@ Stages (each its own workdir under the pipeline's workdir, each resumable on rer
                         labelled subset (config.data.labelled_fraction), as in Hinton et al.
   label_only_<name>/    each student trained on the labelled subset alone: same steps, batch, seed
 
-Methods (presets over the distill config; see jkd/train/objectives.py):
+Methods (presets over the distill config; see jkd/train/objectives.py and docs/METHODS.md; each
+takes its paper's loss form and defaults unless config.kd.* sets them):
   hinton, hard, dkd, nkd   kd.method for every student
-  deit                     ViT students get a distillation token (soft KD on its head)
+  deit                     ViT students get a distillation token (soft KD on its head: DeiT's
+                           0.9 CE + 0.1 tau^2 KL, tau = 3)
   vitkd                    ViT students: Hinton KD + ViTKD feature losses
   align                    ConvNeXt students: Hinton KD + alignment to the teacher's token map
-  fm                       function matching: KL only (no labels), T=1, mixup on every batch
+  fm                       function matching: KL only (no labels), T=1, mixup Beta(1, 1) on every batch
 Writes <workdir>/results.md and results.json and prints the table.
 """
 from __future__ import annotations
@@ -48,7 +50,7 @@ def method_config(config, method: str):
         vits = [n for n, e in config.students.items() if e.name.startswith("vit_")]
         convnexts = [n for n, e in config.students.items() if e.name.startswith("convnext_")]
         keep = list(config.students)
-        if method in ("hinton", "hard", "dkd", "nkd"):
+        if method in ("hinton", "hard", "dkd", "nkd", "fm"):
             kd.kd.method = method
         elif method == "deit":
             keep = vits
@@ -60,9 +62,8 @@ def method_config(config, method: str):
         elif method == "align":
             keep = convnexts
             kd.feature_kd.method = "align"
-        elif method == "fm":
-            kd.kd.weight, kd.kd.temperature = 1.0, 1.0
-            kd.augment.mixup_alpha = config.get("fm_mixup_alpha", 0.4)
+        if method == "fm":  # consistent views come from the shared augmentation; mixup on every batch
+            kd.augment.mixup_alpha = config.get("fm_mixup_alpha", 1.0)
         if not keep:
             raise ConfigError(f"config.method: {method!r} applies to no student of config.students")
         for n in list(kd.students):
@@ -141,8 +142,8 @@ def run_quickstart(config, workdir: str) -> dict:
                          "teacher_agreement": k.get("teacher_agreement")})
     frac = config.data.labelled_fraction
     header = (f"jkd quickstart on {config.data.name} (seed {config.seed}): teacher on all labels; students see "
-              f"{frac:.0%} of the labels, KD students also the teacher's soft targets (T="
-              f"{config.kd.temperature}) on every training image.")
+              f"{frac:.0%} of the labels, KD students also the teacher's outputs on every training image "
+              f"(each method with its published loss form and defaults, docs/METHODS.md).")
     table = results_table(rows)
     results = {"seed": config.seed, "labelled_fraction": frac, "methods": parse_methods(config), "rows": rows}
     if jax.process_index() == 0:

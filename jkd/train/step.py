@@ -76,7 +76,7 @@ def make_train_step(graphdefs: dict, txs: dict, *, num_classes: int, augment_cfg
                 ce_logits, kd_logits = (out["cls_logits"], out["dist_logits"]) if obj.deit else (logits, logits)
                 ce = losses.soft_cross_entropy(ce_logits, targets, weights=label_mask)
                 kd, parts = kd_term(obj, kd_logits, teacher_logits, target_classes, state.step)
-                loss = obj.weight * kd + (1.0 - obj.weight) * ce
+                loss = obj.weight * kd + obj.ce_weight * ce  # each method's published form
                 parts = {"ce": ce, "kd": kd, **parts}
                 if obj.feature != "none":
                     feat, feat_parts = feature_term(obj, out, teacher_out, head_graphdefs[name], trainable[heads_name],
