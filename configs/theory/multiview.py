@@ -70,7 +70,7 @@ def get_config(arg=None):
 
     c.ensemble = ml_collections.ConfigDict()
     c.ensemble.size = 5             # L independently initialised single models (and average members)
-    c.ensemble.average = "logits"   # 'logits' or 'probs'
+    c.ensemble.average = "logits"   # 'logits' or 'probs' (KD target: the members' mean softmax at kd.temperature)
 
     c.kd = ml_collections.ConfigDict()
     c.kd.students = 5               # KD students (from the ensemble) and self-distilled students
