@@ -203,6 +203,7 @@ def build(args, teacher_specs, student_specs):
     from jkd.train.loop import guard_nonfinite
     from jkd.train.objectives import resolve_objective
     from jkd.train.state import TrainState, graphdef_and_shapes, init_params, lr_schedule, make_optimizer
+    from jkd.train.objectives import resolve_augment
     from jkd.train.step import make_train_step
 
     config = base_config()
@@ -231,7 +232,8 @@ def build(args, teacher_specs, student_specs):
     teacher_params = tuple(init_params(s, 1 + i) for i, s in enumerate(teacher_specs))
     teacher_sh = sharding.tree_shardings(teacher_params, mesh, config.mesh.min_shard_size)
     teacher_params = jax.device_put(teacher_params, teacher_sh)
-    step_fn = make_train_step(graphdefs, txs, num_classes=args.classes, augment_cfg=config.augment,
+    step_fn = make_train_step(graphdefs, txs, num_classes=args.classes,
+                              augment_cfg=resolve_augment(config.augment, objectives),
                               objectives=objectives, teacher_graphdefs=teacher_graphdefs,
                               label_smoothing=config.label_smoothing,
                               schedules={n: lr_schedule(config.optimizer, config.steps) for n in student_specs})

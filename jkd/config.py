@@ -45,7 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment = ml_collections.ConfigDict()
     c.augment.crop_scale = (0.5, 1.0)  # random-resized-crop area range; None = no crop
     c.augment.flip = False             # horizontal flips (off for digits: a flipped 3 is no 3)
-    c.augment.mixup_alpha = 0.0        # Beta(alpha, alpha) mixup on every batch; 0 = off
+    c.augment.mixup_alpha = placeholder(float)  # Beta(alpha, alpha) mixup on every batch; 0 = off; None = 1.0
+                                                # when a student uses kd.method=fm (big_vision), else 0
 
     c.model = model_config("vit_femto4")  # supervised: the model to train
     c.students = ml_collections.ConfigDict()  # distill: {name: model_config(...)} trained together
@@ -65,7 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.kd = ml_collections.ConfigDict()
     c.kd.method = "hinton"          # hinton | hard | dkd | nkd | fm (docs/METHODS.md)
     c.kd.setting = "cifar"          # which published setting fills unset fields: 'cifar' | 'imagenet'
-    c.kd.temperature = placeholder(float)  # T; None = paper: hinton 4 (imagenet 1), dkd 4 (1), nkd 1, fm 1, DeiT soft 3
+    c.kd.temperature = placeholder(float)  # T; None = paper: hinton 4 (imagenet 1), dkd 4 (1), nkd 3 (1), fm 1, DeiT soft 3
     c.kd.weight = placeholder(float)       # KD term weight; None = paper: hinton 0.9 (0.5), hard 0.5, dkd/nkd/fm 1, DeiT soft 0.1
     c.kd.ce_weight = placeholder(float)    # label CE weight; None = paper: hinton 0.1 (0.5), hard 0.5, dkd/nkd 1, fm 0,
                                            # DeiT soft 0.9; hinton/hard with only kd.weight set: 1 - weight
@@ -74,7 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.kd.dkd_beta = placeholder(float)   # dkd: non-target KL weight; None = 8 (cifar), 0.5 (imagenet) (mdistiller)
     c.kd.dkd_warmup_fraction = placeholder(float)  # dkd: linear KD warm-up over this fraction of steps;
                                                    # None = 20/240 (cifar), 1/100 (imagenet) (mdistiller)
-    c.kd.nkd_gamma = placeholder(float)  # nkd: non-target term weight; None = 1.5, 1.0 for ViT students (cls_KD)
+    c.kd.nkd_gamma = placeholder(float)  # nkd: non-target term weight; None = 3.5 (cifar), 1.5 (imagenet; 1.0 for
+                                         # ViT students) (cls_KD configs)
+    c.kd.deit_soft_scale = "reference"  # DeiT soft KD: 'reference' = DeiT's code (summed KL / (B * K)), 'paper' = / B
 
     c.feature_kd = ml_collections.ConfigDict()
     c.feature_kd.method = "none"    # none | vitkd (ViT -> ViT) | align (ViT -> ConvNeXt)
@@ -186,6 +189,8 @@ def validate(config) -> None:
     if config.trainer == "ensemble":  # its stages are checked by jkd.probes.ensemble.check_config
         from jkd.probes.ensemble import check_config
         return check_config(config)
+    if not isinstance(config.seed, int) or isinstance(config.seed, bool) or config.seed < 0:
+        raise ConfigError(f"config.seed: must be an integer >= 0, got {config.seed!r}")
     _positive(config, "steps", "batch_size", "eval_batch_size", "log_every", "checkpoint_every",
               "keep_checkpoints", "data.image_size")
     if config.data.channels not in (1, 3):
@@ -195,7 +200,7 @@ def validate(config) -> None:
     scale = config.augment.crop_scale
     if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
         raise ConfigError(f"config.augment.crop_scale: need (min, max) with 0 < min <= max <= 1, got {scale!r}")
-    if config.augment.mixup_alpha < 0:
+    if config.augment.mixup_alpha is not None and config.augment.mixup_alpha < 0:
         raise ConfigError(f"config.augment.mixup_alpha: must be >= 0, got {config.augment.mixup_alpha}")
     check_renamed(config)
     if config.kd.weight is not None and config.kd.weight < 0:

@@ -118,6 +118,11 @@ def convert(config, field: str, text: str):
                           "sweep or set one of them")
     if text == "":
         raise ConfigError(f"config.{field}: empty value")
+    holds = current
+    if current is None:  # an unset placeholder (e.g. kd.temperature = paper default): its declared type
+        parent, _, leaf = field.rpartition(".")
+        declared = (get_field(config, parent) if parent else config).get_ref(leaf).get_type()
+        current = {float: 0.0, int: 0, str: "", bool: False}.get(declared)
     try:
         if isinstance(current, bool):
             low = text.lower()
@@ -141,7 +146,7 @@ def convert(config, field: str, text: str):
             return text
     except (ValueError, SyntaxError):
         raise ConfigError(f"config.{field}: cannot read {text!r} as a {type(current).__name__} "
-                          f"(the field holds {current!r})") from None
+                          f"(the field holds {holds!r})") from None
 
 
 _RANGE = re.compile(r"^(-?\d+):(-?\d+)(?::(-?\d+))?$")

@@ -144,6 +144,7 @@ def test_cli_unknown_field_or_wrong_type_is_exit_2(tmp_path, override, message):
 
 @pytest.mark.parametrize("field, value, match", [
     ("steps", 0, r"config\.steps: must be a positive integer, got 0"),
+    ("seed", -1, r"config\.seed: must be an integer >= 0, got -1"),
     ("batch_size", 16.5, r"config\.batch_size: must be a positive integer, got 16\.5"),
     ("data.channels", 2, r"config\.data\.channels: must be 1 or 3, got 2"),
     ("data.image_size", -8, r"config\.data\.image_size: must be a positive integer"),

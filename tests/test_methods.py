@@ -5,6 +5,9 @@ import math
 import os
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 
 from jkd.config import base_config, model_config
@@ -12,7 +15,9 @@ from jkd.data import make_data
 from jkd.errors import ConfigError
 from jkd.main import run
 from jkd.train.loop import fit
-from jkd.train.state import ModelSpec
+from jkd.train.objectives import Objective
+from jkd.train.state import ModelSpec, graphdef_and_shapes, init_params, init_state
+from jkd.train.step import make_train_step
 
 
 def _base(steps=2):
@@ -146,3 +151,66 @@ def test_unknown_kd_method(teachers, tmp_path, no_compile):
     c.kd.method = "fitnets"
     with pytest.raises(ConfigError, match=r"config\.students\.vit\.kd\.method: unknown 'fitnets'"):
         run(c, str(tmp_path))
+
+
+# ----------------------------------------- one train step: each loss reaches the parameters it should
+
+def _one_step(student_kwargs, objective, teacher_seeds=(100,), seed=0):
+    """One SGD step (no weight decay: a zero gradient leaves a param unchanged) of a vit_atto4 student
+    against vit_atto4 teachers, all with random heads, on random 8 px images, through make_train_step as
+    the trainers build it: (params before, params after, metrics)."""
+    spec = ModelSpec("vit_atto4", 10, 8, 1, tuple(sorted(student_kwargs.items())))
+    t_spec = ModelSpec("vit_atto4", 10, 8, 1)
+    t_params = []
+    for i, t_seed in enumerate(teacher_seeds):
+        p = init_params(t_spec, t_seed)
+        # A zero-initialised head gives uniform teacher outputs, which a fresh (also uniform) student
+        # already matches: no KD gradient at all. Random head weights make each teacher say something.
+        p["head"]["kernel"] = jnp.asarray(np.random.default_rng(5 + i).normal(size=p["head"]["kernel"].shape),
+                                          jnp.float32)
+        t_params.append(p)
+    txs = {"s": optax.sgd(0.1)}
+    state = init_state({"s": spec}, txs, seed)
+    # The student's heads too: a uniform student makes NKD's non-target term independent of the
+    # teachers (CE against a uniform distribution) and its two ensemble modes equal.
+    for i, head in enumerate(h for h in ("head", "head_dist") if h in state.params["s"]):
+        shape = state.params["s"][head]["kernel"].shape
+        state.params["s"][head]["kernel"] = jnp.asarray(np.random.default_rng(50 + i).normal(size=shape), jnp.float32)
+    aug = base_config().augment
+    aug.crop_scale, aug.mixup_alpha = None, 0.0
+    step = make_train_step({"s": graphdef_and_shapes(spec)[0]}, txs, num_classes=10, augment_cfg=aug,
+                           objectives={"s": objective},
+                           teacher_graphdefs=tuple(graphdef_and_shapes(t_spec)[0] for _ in teacher_seeds))
+    rng = np.random.default_rng(seed)
+    batch = {"image": jnp.asarray(rng.normal(size=(8, 8, 8, 1)), jnp.float32),
+             "label": jnp.asarray(rng.integers(0, 10, 8), jnp.int32), "label_mask": jnp.ones(8, jnp.float32)}
+    new_state, metrics = jax.jit(step)(state, batch, tuple(t_params))
+    return state.params["s"], new_state.params["s"], {k: float(v) for k, v in metrics.items()}
+
+
+def _moved(before, after):
+    return not np.allclose(np.asarray(before), np.asarray(after))
+
+
+def test_deit_step_puts_ce_on_the_cls_head_and_kd_on_the_distillation_head():
+    kw = {"distillation_token": True}
+    for weight, ce_weight in ((1.0, 0.0), (0.0, 1.0)):
+        obj = Objective(method="hinton", temperature=3.0, weight=weight, ce_weight=ce_weight, deit=True)
+        before, after, _ = _one_step(kw, obj)
+        cls_moved = _moved(before["head"]["kernel"], after["head"]["kernel"])
+        dist_moved = _moved(before["head_dist"]["kernel"], after["head_dist"]["kernel"])
+        assert (cls_moved, dist_moved) == ((False, True) if weight else (True, False)), (weight, ce_weight)
+
+
+@pytest.mark.parametrize("method", ["hinton", "dkd", "nkd"])
+def test_multi_teacher_step_modes_differ_and_both_teachers_move_the_loss(method):
+    """The KD loss of one train step: mean_probs and mean_loss differ, and changing either teacher
+    changes both (each teacher's seed changes its whole network)."""
+    kd = {}
+    for ensemble in ("mean_probs", "mean_loss"):
+        obj = Objective(method=method, ensemble=ensemble, dkd_warmup_steps=0)
+        kd[ensemble] = _one_step({}, obj, teacher_seeds=(100, 200))[2]["s/kd"]
+        for other in ((300, 200), (100, 300)):
+            moved = _one_step({}, obj, teacher_seeds=other)[2]["s/kd"]
+            assert abs(moved - kd[ensemble]) > 1e-5, (method, ensemble, other)
+    assert abs(kd["mean_probs"] - kd["mean_loss"]) > 1e-5, method

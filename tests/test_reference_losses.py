@@ -14,8 +14,9 @@ inputs to jkd (float32) and compares value and jax.grad with rtol = atol = 1e-5:
   ensemble  objectives.teacher_targets, kd_term    the formulas with the teachers' mean probabilities
                                                    (mean_probs) or the mean of per-teacher losses
 
-The one documented difference: DeiT's soft term divides the summed KL by outputs.numel() = B * K,
-the paper's formula (and jkd) by B, so jkd's KD term is exactly K times the reference's.
+DeiT's soft term divides the summed KL by outputs.numel() = B * K, the paper's formula by B: jkd's DeiT
+objective follows the code by default (kd.deit_soft_scale='reference'), and losses.kd_kl is the
+per-example mean, K times DeiT's term.
 
 Regenerate the fixtures (needs torch and torchdistill, in a separate venv):
     python tests/fixtures/make_loss_reference.py
@@ -232,6 +233,22 @@ def test_deit_soft_matches_deit_up_to_numel():
     close(value, (1 - alpha) * f["soft/base"] + alpha * k * f["soft/distillation"], "total")
     close(g_cls, f["soft/grad_cls"], "grad cls logits")
     close(g_dist, k * f["soft/grad_dist"], "grad dist logits == K * DeiT's")
+
+
+@pytest.mark.parametrize("scale", ["reference", "paper"])
+def test_deit_objective_kd_term_equals_deits_distillation_loss(scale):
+    """The DeiT student's KD term as jkd's step computes it (kd_term, Objective(deit=True)): by default
+    ('reference') exactly DeiT's distillation_loss, value and gradient; with deit_soft_scale='paper'
+    the paper's per-example mean, K times it."""
+    f = load("deit")
+    d, t, y = f32(f["dist_logits"]), f32(f["teacher"]), i32(f["labels"])
+    k = f["dist_logits"].shape[1]
+    obj = Objective(method="hinton", temperature=float(f["soft/tau"]), deit=True, deit_soft_scale=scale)
+    value, grad = jax.value_and_grad(lambda s: kd_term(obj, s, t[None], y, 0)[0])(d)
+    factor = 1.0 if scale == "reference" else k
+    close(value, factor * f["soft/distillation"], f"DeiT KD term ({scale})")
+    # soft/grad_dist is the gradient of DeiT's total loss, alpha * distillation_loss in the dist logits
+    close(grad, factor * f["soft/grad_dist"] / float(f["soft/alpha"]), f"grad dist logits ({scale})")
 
 
 def test_deit_hard_matches_deit():

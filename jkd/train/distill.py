@@ -4,8 +4,8 @@ Every teacher runs once per batch on the same augmented view that every student 
 has its own params, optimizer state and objective (jkd/train/objectives.py: hinton, hard, dkd, nkd,
 DeiT distillation token, ViTKD, ViT->ConvNeXt alignment). Several teachers (comma-separated
 config.teacher.checkpoint) form an ensemble. config.generations > 1 runs self-distillation
-(born-again networks): generation k+1 learns from generation k, in <workdir>/gen_<k>, from its own
-seed (generation_seed: new init, data order and augmentation draws; recorded in its run.json).
+(born-again networks): generation k+1 learns from generation k, in <workdir>/gen_<k>, each generation
+from its own seed (generation_seed: new init, data order and augmentation draws; in its run.json).
 """
 from __future__ import annotations
 
@@ -88,15 +88,14 @@ def _distill_once(config, workdir: str, desc: str) -> dict:
 
 
 def generation_seed(seed: int, generation: int) -> int:
-    """The seed of generation k (1-based) of a self-distillation run started with `seed`.
+    """The seed of generation k (1-based) of a self-distillation run (config.generations > 1) started
+    with `seed`: independent of `seed` and of every other generation's, derived from (seed, k).
 
-    Generation 1 keeps `seed` (it is an ordinary distillation run); each later one gets an independent
-    seed derived from (seed, k), so that it starts from its own init, data order and augmentation
-    draws, as born-again networks and Allen-Zhu & Li's self-distillation assume, while a rerun (or a
-    resume) of the same config derives the same seeds.
+    Each generation then starts from its own init, data order and augmentation draws, as born-again
+    networks and Allen-Zhu & Li's self-distillation assume; generation 1 too, since the teacher it
+    learns from was most likely trained with `seed` itself (with the same architecture it would
+    otherwise start from the teacher's own init). A rerun or resume derives the same seeds.
     """
-    if generation == 1:
-        return int(seed)
     return int(np.random.SeedSequence([int(seed), int(generation)]).generate_state(1)[0] % (2 ** 31 - 1))
 
 

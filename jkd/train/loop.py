@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from jkd import checkpoint, sharding
 from jkd.errors import ConfigError
 from jkd.models import count_params
+from jkd.train.objectives import resolve_augment
 from jkd.train.state import TrainState, graphdef_and_shapes, init_params, lr_schedule, make_optimizer
 from jkd.train.step import HEADS_SUFFIX, make_eval_step, make_train_step
 
@@ -142,7 +143,8 @@ def fit(config, workdir: str, *, specs: dict, data, teachers: tuple = (), object
     teacher_sh = sharding.tree_shardings(teacher_params, mesh, config.mesh.min_shard_size)
     teacher_params = jax.device_put(teacher_params, teacher_sh)
     schedules = {n: lr_schedule(config.optimizer, config.steps) for n in specs}
-    step_fn = make_train_step(graphdefs, txs, num_classes=data.num_classes, augment_cfg=config.augment,
+    step_fn = make_train_step(graphdefs, txs, num_classes=data.num_classes,
+                              augment_cfg=resolve_augment(config.augment, objectives),
                               objectives=objectives if teachers else None, teacher_graphdefs=teacher_graphdefs,
                               head_graphdefs={n: g for n, (g, _) in heads.items()},
                               label_smoothing=config.label_smoothing, schedules=schedules)

@@ -12,8 +12,8 @@ Logit losses (kd.method), each in its reference's form  ce_weight * CE(labels) +
   nkd     -t_y log s_y + gamma T^2 CE over non-targets        (Yang et al. 2023; yzd-v/cls_KD)
   fm      KL(teacher || student) at T = 1, no label term      (Beyer et al. 2022, function matching)
 A ViT student built with `distillation_token=True` (DeiT) takes the KD term on its distillation
-head and CE on its CLS head (DeiT's defaults: soft 0.9 CE + 0.1 tau^2 KL at tau = 3, hard 0.5/0.5);
-at inference the two heads are averaged.
+head and CE on its CLS head (DeiT's defaults: soft 0.9 CE + 0.1 tau^2 KL at tau = 3, the KL scaled as
+DeiT's code scales it, hard 0.5/0.5); at inference the two heads are averaged.
 Feature losses (feature_kd.method): 'vitkd' (ViT -> ViT: mimic blocks 0-1, generate the last; the
 reference's sum reduction and alpha/beta) and 'align' (ViT -> ConvNeXt: a student stage projected
 onto the teacher's patch-token map).
@@ -50,15 +50,16 @@ PAPER_DEFAULTS = {
     ("hard", "imagenet"): dict(temperature=1.0, weight=0.5, ce_weight=0.5),
     ("dkd", "cifar"): dict(_DKD, temperature=4.0, dkd_beta=8.0, dkd_warmup_fraction=20 / 240),  # CFG.DKD
     ("dkd", "imagenet"): dict(_DKD, temperature=1.0, dkd_beta=0.5, dkd_warmup_fraction=1 / 100),  # dkd.yaml
-    ("nkd", "cifar"): dict(temperature=1.0, weight=1.0, ce_weight=1.0, nkd_gamma=1.5),  # cls_KD NKDLoss
-    ("nkd", "imagenet"): dict(temperature=1.0, weight=1.0, ce_weight=1.0, nkd_gamma=1.5),
+    ("nkd", "cifar"): dict(temperature=3.0, weight=1.0, ce_weight=1.0, nkd_gamma=3.5),  # cls_KD cifar100 config
+    ("nkd", "imagenet"): dict(temperature=1.0, weight=1.0, ce_weight=1.0, nkd_gamma=1.5),  # cls_KD imagenet
     ("fm", "cifar"): dict(temperature=1.0, weight=1.0, ce_weight=0.0),          # big_vision distill
     ("fm", "imagenet"): dict(temperature=1.0, weight=1.0, ce_weight=0.0),
 }
 # A DeiT student (distillation token): the DeiT paper's values for its soft and hard variants.
 DEIT_DEFAULTS = {"hinton": dict(temperature=3.0, weight=0.1, ce_weight=0.9),
                  "hard": dict(temperature=1.0, weight=0.5, ce_weight=0.5)}
-NKD_GAMMA_VIT = 1.0  # cls_KD's configs for DeiT (ViT) students use gamma = 1.0
+NKD_GAMMA_VIT = 1.0  # cls_KD's ImageNet configs for DeiT (ViT) students use gamma = 1.0
+DEIT_SOFT_SCALES = ("reference", "paper")  # DeiT's code: summed KL / (B * K); the paper's formula: / B
 VITKD_DEFAULTS = dict(vitkd_alpha=3e-5, vitkd_beta=3e-6, mask_ratio=0.5)  # cls_KD ViTKDLoss
 CONVEX_METHODS = ("hinton", "hard")  # weight alone given: ce_weight = 1 - weight (Hinton's a, 1 - a)
 
@@ -75,6 +76,7 @@ class Objective:
     dkd_warmup_steps: int = 0
     nkd_gamma: float = 1.5
     deit: bool = False
+    deit_soft_scale: str = "reference"  # DeiT soft KD: 'reference' = DeiT's code (/ (B * K)), 'paper' = / B
     feature: str = "none"
     vitkd_alpha: float = 3e-5
     vitkd_beta: float = 3e-6
@@ -95,7 +97,7 @@ def paper_defaults(method: str, setting: str, *, deit: bool = False, vit_student
     out.update(PAPER_DEFAULTS[(method, setting)])
     if deit and method in DEIT_DEFAULTS:
         out.update(DEIT_DEFAULTS[method])
-    if method == "nkd" and (deit or vit_student):
+    if method == "nkd" and setting == "imagenet" and (deit or vit_student):
         out["nkd_gamma"] = NKD_GAMMA_VIT
     return out
 
@@ -119,6 +121,10 @@ def resolve_kd(kd: dict, *, deit: bool, vit_student: bool, field: str) -> dict:
         raise ConfigError(f"{field}.kd.weight / ce_weight: must be >= 0, got {out['weight']}, {out['ce_weight']}")
     if not 0.0 <= out["dkd_warmup_fraction"] <= 1.0:
         raise ConfigError(f"{field}.kd.dkd_warmup_fraction: must be in [0, 1], got {out['dkd_warmup_fraction']}")
+    out["deit_soft_scale"] = kd.get("deit_soft_scale", "reference")
+    if out["deit_soft_scale"] not in DEIT_SOFT_SCALES:
+        raise ConfigError(f"{field}.kd.deit_soft_scale: unknown {out['deit_soft_scale']!r} "
+                          f"(known: {', '.join(DEIT_SOFT_SCALES)})")
     return out
 
 
@@ -188,7 +194,8 @@ def resolve_objective(config, name: str, entry, student_spec, teacher_specs: lis
         ce_weight=float(resolved["ce_weight"]), hard_label_smoothing=float(resolved["hard_label_smoothing"]),
         dkd_alpha=float(resolved["dkd_alpha"]), dkd_beta=float(resolved["dkd_beta"]),
         dkd_warmup_steps=int(round(float(resolved["dkd_warmup_fraction"]) * config.steps)),
-        nkd_gamma=float(resolved["nkd_gamma"]), deit=deit, feature=feat["method"],
+        nkd_gamma=float(resolved["nkd_gamma"]), deit=deit, deit_soft_scale=resolved["deit_soft_scale"],
+        feature=feat["method"],
         vitkd_alpha=float(feat_fields["vitkd_alpha"]), vitkd_beta=float(feat_fields["vitkd_beta"]),
         mask_ratio=float(feat_fields["mask_ratio"]), align_stage=int(feat["align_stage"]), align_loss=feat["align_loss"],
         align_weight=float(feat["align_weight"]), ensemble=config.teacher.ensemble,
@@ -215,6 +222,18 @@ def needs_features(objectives: dict) -> bool:
     return any(o.feature != "none" for o in objectives.values())
 
 
+def resolve_augment(augment_cfg, objectives: dict | None):
+    """config.augment with mixup_alpha resolved: an unset (None) mixup is 1.0 (Beta(1, 1) on every
+    batch, big_vision's function matching) when any student uses kd.method='fm', else 0 (off).
+    Mixup is one augmentation shared by every student of a run (consistent views)."""
+    out = augment_cfg.copy_and_resolve_references()
+    if out.get("mixup_alpha") is None:
+        fm = any(o.method == "fm" for o in (objectives or {}).values())
+        with out.unlocked():
+            out.mixup_alpha = 1.0 if fm else 0.0
+    return out
+
+
 def teacher_targets(teacher_logits: jax.Array, temperature: float) -> dict:
     """[M, B, K] teachers' logits -> {'at_t', 'at_1'}: [B, K] logits whose softmax at T (at_t) and at
     T = 1 (at_1) is the teachers' mean probability at that temperature. One teacher: its logits for both.
@@ -235,7 +254,10 @@ def kd_term(obj: Objective, student_logits, teacher_logits_all, target_classes, 
     Returns (unweighted KD loss, parts)."""
     def single(targets: dict):
         if obj.method in ("hinton", "fm"):
-            return losses.kd_kl(student_logits, targets["at_t"], temperature=obj.temperature), {}
+            kl = losses.kd_kl(student_logits, targets["at_t"], temperature=obj.temperature)
+            if obj.deit and obj.deit_soft_scale == "reference":  # DeiT's losses.py: sum / outputs.numel()
+                kl = kl / student_logits.shape[-1]
+            return kl, {}
         if obj.method == "hard":
             return losses.hard_kd(student_logits, targets["at_1"], label_smoothing=obj.hard_label_smoothing), {}
         if obj.method == "dkd":

@@ -13,7 +13,7 @@ takes its paper's loss form and defaults unless config.kd.* sets them):
   hinton, hard, dkd, nkd   kd.method for every student
   deit                     ViT students get a distillation token (soft KD on its head: DeiT's
                            0.9 CE + 0.1 tau^2 KL, tau = 3)
-  vitkd                    ViT students: Hinton KD + ViTKD feature losses
+  vitkd                    ViT students: CE + NKD + ViTKD feature losses (cls_KD's DeiT recipe)
   align                    ConvNeXt students: Hinton KD + alignment to the teacher's token map
   fm                       function matching: KL only (no labels), T=1, mixup Beta(1, 1) on every batch
 Writes <workdir>/results.md and results.json and prints the table.
@@ -56,9 +56,9 @@ def method_config(config, method: str):
             keep = vits
             for n in vits:
                 kd.students[n].kwargs.distillation_token = True
-        elif method == "vitkd":
+        elif method == "vitkd":  # cls_KD's DeiT configs: CE + NKD + ViTKD
             keep = vits
-            kd.feature_kd.method = "vitkd"
+            kd.kd.method, kd.feature_kd.method = "nkd", "vitkd"
         elif method == "align":
             keep = convnexts
             kd.feature_kd.method = "align"
