@@ -11,7 +11,7 @@ from ml_collections.config_dict import placeholder
 from jkd.errors import ConfigError
 from jkd.models import check_model
 
-TRAINERS = ("supervised", "distill", "quickstart", "theory", "ensemble", "fairness")
+TRAINERS = ("supervised", "distill", "quickstart", "omitted", "theory", "ensemble", "fairness")
 
 
 def model_config(name: str, **kwargs) -> ml_collections.ConfigDict:
@@ -21,7 +21,7 @@ def model_config(name: str, **kwargs) -> ml_collections.ConfigDict:
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.trainer = "supervised"        # supervised | distill | quickstart | theory | ensemble
+    c.trainer = "supervised"        # supervised | distill | quickstart | omitted | theory | ensemble | fairness
     c.seed = 0                      # init, data order, augmentation
     c.dtype = "float32"             # compute dtype (params stay fp32); bfloat16 on accelerators
     c.steps = 1000                  # optimizer steps
@@ -41,6 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.labelled_fraction = 1.0  # digits: stratified fraction of train labels the CE term may use
     c.data.labelled_seed = 0        # which subset (fixed across run seeds)
     c.data.labelled_only = False    # train only on the labelled subset (label-only baselines)
+    c.data.exclude_classes = ()     # class ids left out of the students' transfer set (teachers see every
+                                    # class; Hinton et al. 2015 section 3: the omitted-class experiment)
 
     c.augment = ml_collections.ConfigDict()
     c.augment.crop_scale = (0.5, 1.0)  # random-resized-crop area range; None = no crop
@@ -203,6 +205,9 @@ def validate(config) -> None:
     if config.augment.mixup_alpha is not None and config.augment.mixup_alpha < 0:
         raise ConfigError(f"config.augment.mixup_alpha: must be >= 0, got {config.augment.mixup_alpha}")
     check_renamed(config)
+    if config.data.name == "digits":  # TFDS datasets: checked against their class count when opened
+        from jkd.data import DIGITS_NUM_CLASSES, excluded_classes
+        excluded_classes(config.data, DIGITS_NUM_CLASSES)
     if config.kd.weight is not None and config.kd.weight < 0:
         raise ConfigError(f"config.kd.weight: must be >= 0, got {config.kd.weight}")
     if config.kd.temperature is not None and config.kd.temperature <= 0:

@@ -32,6 +32,9 @@ def run(config, workdir: str) -> dict:
     if config.trainer == "distill":
         from jkd.train.distill import train_distill
         return train_distill(config, workdir)
+    if config.trainer == "omitted":
+        from jkd.probes.omitted import run_omitted
+        return run_omitted(config, workdir)
     if config.trainer == "theory":
         from jkd.probes.theory import run_theory
         return run_theory(config, workdir)

@@ -2,11 +2,15 @@
 
     python -m jkd.report /tmp/q_seed0 /tmp/q_seed1 /tmp/q_seed2
     python -m jkd.report --methods /tmp/m_s0 /tmp/m_s1 /tmp/m_s2
+    python -m jkd.report --methods-vs /tmp/old_s0,/tmp/old_s1 /tmp/m_s0,/tmp/m_s1   # new - old, paired by seed
+    python -m jkd.report --omitted /tmp/om_s0 /tmp/om_s1 /tmp/om_s2                  # configs/hinton_omitted.py
 
 Each argument is a quickstart workdir (one seed). The default table matches the rows of results.json
 by (model, role) across workdirs. --methods writes one row per (student, KD method) from the stages'
 summaries (kd_<method>/summary.json, label_only_<student>/summary.json): accuracy, the paired
-difference to the same seed's label-only twin, teacher agreement and KL.
+difference to the same seed's label-only twin, teacher agreement and KL. --methods-vs compares two
+such sets run with the same seeds in the same order (e.g. two commits). --omitted aggregates the
+omitted-class probe's omitted.json files.
 """
 from __future__ import annotations
 
@@ -79,11 +83,86 @@ def methods_table(workdirs: list[str], methods: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def _student_accuracies(workdirs: list[str]) -> dict:
+    """{(student, method): [accuracy % per workdir]} for every KD method and label-only twin in all."""
+    out = {}
+    for w in workdirs:
+        for stage in sorted(os.listdir(w)):
+            summary = _summary(w, stage)
+            if summary is None or not (stage.startswith("kd_") or stage.startswith("label_only_")):
+                continue
+            if stage.startswith("label_only_"):
+                out.setdefault((stage[len("label_only_"):], "label only"), []).append(
+                    100 * summary["models"]["model"]["accuracy"])
+            else:
+                for student, row in summary["models"].items():
+                    out.setdefault((student, stage[3:]), []).append(100 * row["accuracy"])
+    return {k: v for k, v in out.items() if len(v) == len(workdirs)}
+
+
+def compare_methods(old: list[str], new: list[str]) -> str:
+    """Markdown: per (student, method) in both sets, old and new accuracy mean ± std and the mean ±
+    std of the per-seed difference new - old (workdirs paired by position, i.e. by seed)."""
+    if len(old) != len(new):
+        raise SystemExit(f"--methods-vs: {len(old)} old workdirs but {len(new)} new ones (pair them by seed)")
+    a, b = _student_accuracies(old), _student_accuracies(new)
+    lines = [f"| student | method | old, mean ± std over {len(old)} seeds | new | new - old (paired) | old per seed | "
+             "new per seed |", "|---|---|---:|---:|---:|---|---|"]
+    for key in sorted(set(a) & set(b), key=lambda k: (k[0], k[1] != "label only", k[1])):
+        diff = [y - x for x, y in zip(a[key], b[key])]
+        sign = "+" if np.mean(diff) >= 0 else ""
+        lines.append(f"| {key[0]} | {key[1]} | {_mean_std(a[key])} | {_mean_std(b[key])} | {sign}{_mean_std(diff)} | "
+                     f"{', '.join(f'{x:.2f}' for x in a[key])} | {', '.join(f'{x:.2f}' for x in b[key])} |")
+    return "\n".join(lines)
+
+
+def omitted_table(workdirs: list[str]) -> str:
+    """Markdown: per model of the omitted-class probe (<workdir>/omitted.json, one seed each), test
+    errors on the excluded classes without a shift, after the label-free prior shift and after the
+    oracle shift, errors on the other classes, and the shifts: mean ± std over the workdirs."""
+    runs = []
+    for w in workdirs:
+        with open(os.path.join(w, "omitted.json")) as f:
+            runs.append(json.load(f))
+    classes = runs[0]["excluded_classes"]
+    if any(r["excluded_classes"] != classes for r in runs):
+        raise SystemExit("--omitted: the workdirs exclude different classes")
+    n_om = runs[0]["models"]["teacher"]["omitted_count"]
+    n_other = runs[0]["models"]["teacher"]["other_count"]
+    lines = [f"Excluded {classes}: {n_om} test images of them, {n_other} of the other classes; "
+             f"{len(runs)} seeds, mean ± std of error counts.", "",
+             f"| model | stage | errors on {classes}: no shift | prior shift (label-free) | oracle shift | "
+             "errors on the others: no shift | prior shift | oracle shift | shift: prior | oracle |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    t = [r["models"]["teacher"] for r in runs]
+    lines.append(f"| teacher | all classes | {_mean_std([x['omitted_errors'] for x in t])} | – | – | "
+                 f"{_mean_std([x['other_errors'] for x in t])} | – | – | – | – |")
+    for stage, first in runs[0]["models"].items():
+        if stage == "teacher" or "prior" not in first:
+            continue
+        rows = [r["models"][stage] for r in runs]
+        cells = [_mean_std([x[part][kind] for x in rows]) for kind in ("omitted_errors", "other_errors")
+                 for part in ("before", "prior", "oracle")]
+        shifts = [_mean_std([np.mean(x[k]) for x in rows]) for k in ("prior_shift", "oracle_shift")]
+        lines.append(f"| {first['model']} | {stage} | " + " | ".join(cells + shifts) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
-    if not argv or argv == ["--methods"]:
-        sys.exit("usage: python -m jkd.report [--methods] WORKDIR [WORKDIR ...]")
+    usage = ("usage: python -m jkd.report [--methods | --omitted] WORKDIR [WORKDIR ...]\n"
+             "       python -m jkd.report --methods-vs OLD1,OLD2,... NEW1,NEW2,...")
+    if not argv or argv in (["--methods"], ["--omitted"], ["--methods-vs"]):
+        sys.exit(usage)
     if argv[0] == "--methods":
         print(methods_table(argv[1:]))
+        return
+    if argv[0] == "--omitted":
+        print(omitted_table(argv[1:]))
+        return
+    if argv[0] == "--methods-vs":
+        if len(argv) != 3:
+            sys.exit(usage)
+        print(compare_methods(argv[1].split(","), argv[2].split(",")))
         return
     print(aggregate(argv))
 

@@ -87,6 +87,39 @@ def test_random_resized_crop_identity_at_full_scale():
     np.testing.assert_allclose(y, x, atol=1e-5)
 
 
+def test_random_resized_crop_scale_one_is_no_crop_with_any_ratio():
+    """torchvision semantics: at scale (1, 1) only aspect 1 fits a square image, so draws that do
+    not fit are retried and then fall back to the whole image; nothing is clipped or stretched."""
+    x = jax.random.normal(jax.random.key(0), (16, 8, 8, 2))
+    np.testing.assert_allclose(random_resized_crop(jax.random.key(1), x, scale=(1.0, 1.0)), x, atol=1e-5)
+
+
+def test_crop_boxes_follow_torchvision():
+    from jkd.data.augment import crop_boxes
+    h, w, n = 16, 24, 4096
+    top, left, ch, cw = (np.asarray(v) for v in crop_boxes(jax.random.key(0), n, h, w, (0.08, 1.0)))
+    assert np.all(top == np.round(top)) and np.all(ch == np.round(ch))  # integer boxes
+    assert np.all(top >= 0) and np.all(left >= 0) and np.all(top + ch <= h) and np.all(left + cw <= w)
+    # The accepted draws: area fraction in scale and aspect in ratio up to the integer rounding.
+    area = ch * cw / (h * w)
+    assert area.min() > 0.08 * 0.75 and area.max() <= 1.0
+    aspect = cw / ch
+    assert aspect.min() >= 0.75 * 0.8 and aspect.max() <= 4 / 3 * 1.25
+    # Positions uniform over the free range: the mean offset is half of it.
+    free = ch < h
+    np.testing.assert_allclose(np.mean(top[free] / (h - ch[free])), 0.5, atol=0.05)
+    # A lighter range is honoured for every example (no clipping that shrinks the area).
+    _, _, ch, cw = (np.asarray(v) for v in crop_boxes(jax.random.key(1), n, 16, 16, (0.9, 1.0)))
+    assert (ch * cw / 256).min() >= 0.9 * 0.9
+    # No draw can fit (wide boxes on a square image at full area): torchvision's centre-crop fallback.
+    top, left, ch, cw = (np.asarray(v) for v in crop_boxes(jax.random.key(2), 8, 16, 16, (1.0, 1.0), (2.0, 3.0)))
+    assert np.all(cw == 16) and np.all(ch == 8) and np.all(top == 4) and np.all(left == 0)
+    # Per-example ranges (class-conditional crops): each row its own minimum.
+    lo = jnp.array([1.0, 0.1] * 512)
+    _, _, ch, cw = (np.asarray(v) for v in crop_boxes(jax.random.key(3), 1024, 16, 16, (lo, 1.0)))
+    assert np.all(ch[::2] * cw[::2] == 256) and (ch[1::2] * cw[1::2]).min() < 64
+
+
 def test_random_resized_crop_zooms_in():
     x = jnp.broadcast_to(jnp.arange(16.0)[None, :, None, None], (4, 16, 16, 1))  # a horizontal ramp
     y = random_resized_crop(jax.random.key(2), x, scale=(0.25, 0.25), ratio=(1.0, 1.0))

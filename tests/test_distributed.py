@@ -111,3 +111,38 @@ def test_settings_from_config_and_environment():
                              environ={"JKD_NUM_PROCESSES": "two"})
     cfg.coordinator_address = "auto"
     assert distributed.settings(cfg, environ={}) == {}
+
+
+def _probe_cmd(recipe, workdir):
+    return [sys.executable, "-m", "jkd.main", "--config", os.path.join(REPO, recipe), "--workdir", workdir,
+            "--config.progress=False"]
+
+
+def _without_times(record: dict) -> dict:
+    return {k: v for k, v in record.items() if "time" not in k}
+
+
+@pytest.mark.parametrize("recipe", ["configs/theory/multiview.py:tiny", "configs/fairness/spurious.py:tiny"])
+def test_probes_write_once_from_process_zero(tmp_path, recipe):
+    """The probes compute replicated on every process; only process 0 writes: one metrics log (no
+    record twice) and the same numbers as one process."""
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    port = _free_port()
+    procs = [subprocess.Popen(_probe_cmd(recipe, two), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env=_env(2, JKD_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JKD_NUM_PROCESSES="2",
+                                       JKD_PROCESS_ID=str(i))) for i in range(2)]
+    procs.append(subprocess.Popen(_probe_cmd(recipe, one), cwd=REPO, env=_env(2), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE))
+    _wait(procs)
+    for name in ("summary.json", "results.md", "config.json"):
+        assert os.path.exists(os.path.join(two, name)), name
+    with open(os.path.join(one, "summary.json")) as a, open(os.path.join(two, "summary.json")) as b:
+        ref, got = _without_times(json.load(a)), _without_times(json.load(b))
+    assert got.keys() == ref.keys()
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, err_msg=k)
+    with open(os.path.join(one, "metrics.jsonl")) as a, open(os.path.join(two, "metrics.jsonl")) as b:
+        ref_log, log = [_without_times(json.loads(x)) for x in a], [_without_times(json.loads(x)) for x in b]
+    assert ref_log and len(log) == len(ref_log)  # written by one process: no record twice
+    with open(os.path.join(one, "results.md")) as a, open(os.path.join(two, "results.md")) as b:
+        assert a.read() == b.read()

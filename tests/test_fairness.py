@@ -120,6 +120,30 @@ def test_exit_weights():
     np.testing.assert_allclose(fair.exit_weights(logits, labels, mode=2, beta=2.0, laplace_probs=uniform), 1.0)
 
 
+def test_reweighting_multiplies_the_kd_term_only_by_default():
+    """Tiwari et al. reweight the distillation loss: with terms='kd' the CE part is the plain mean;
+    'kd_and_ce' (the old form) weights both; the `ce` student ignores the weights."""
+    from jkd import losses
+    rng = np.random.default_rng(0)
+    logits, teacher = jnp.asarray(rng.normal(size=(6, 2))), jnp.asarray(rng.normal(size=(6, 2)))
+    labels, w = jnp.array([0, 1, 1, 0, 1, 0]), jnp.array([1.0, 7.0, 1.0, 1.0, 3.0, 1.0])
+    kw = dict(kd_weight=0.9, temperature=4.0)
+    kd_w = losses.kd_kl(logits, teacher, temperature=4.0, weights=w)
+    ce, ce_w = losses.cross_entropy(logits, labels), losses.cross_entropy(logits, labels, weights=w)
+    assert abs(float(ce - ce_w)) > 1e-3  # the weights matter for CE on this batch
+    got = fair.student_objective(logits, labels, teacher, w, kd_on=1.0, **kw)
+    np.testing.assert_allclose(got, 0.9 * kd_w + 0.1 * ce, rtol=1e-6)
+    old = fair.student_objective(logits, labels, teacher, w, kd_on=1.0, terms="kd_and_ce", **kw)
+    np.testing.assert_allclose(old, 0.9 * kd_w + 0.1 * ce_w, rtol=1e-6)
+    np.testing.assert_allclose(fair.student_objective(logits, labels, teacher, w, kd_on=0.0, **kw), ce, rtol=1e-6)
+    from jkd.config import validate
+    c = _config("spurious")
+    assert c.reweight.terms == "kd"
+    c.reweight.terms = "ce"
+    with pytest.raises(ConfigError, match="config.reweight.terms"):
+        validate(c)
+
+
 # ----------------------------------------------------------------------------- generators, crops
 
 def test_spurious_group_proportions():
@@ -158,6 +182,22 @@ def test_class_conditional_crop_applies_each_class_scale():
     np.testing.assert_allclose(out[is_light], light[is_light], atol=1e-6)
     np.testing.assert_allclose(out[~is_light], strong[~is_light], atol=1e-6)
     assert float(jnp.abs(strong - light).max()) > 0.1  # the two scales do crop differently
+
+
+def test_both_sides_of_the_affected_pairs():
+    """'Losing' classes are the true classes of the confused pairs, 'receiving' the predicted ones;
+    losing_acc is their recall, so a confusion 0 -> 1 costs class 0, not class 1."""
+    pairs = [(0, 1, 0.2), (4, 5, 0.1), (0, 5, 0.05)]
+    assert aug.pair_sides(pairs) == ([0, 4], [1, 5])
+    labels = np.repeat(np.arange(10), 10)
+    preds = labels.copy()
+    preds[:4] = 1  # 4 of the ten 0s called 1
+    m, acc, _ = aug._measures(preds, labels, 10, [(0, 1, 0.2)])
+    assert m["losing_acc"] == pytest.approx(0.6) and m["receiving_acc"] == pytest.approx(1.0)
+    c = _config("augmentation")
+    c.remedy.light_for = "both"
+    with pytest.raises(ConfigError, match="config.remedy.light_for"):
+        aug.check_config(c)
 
 
 def test_affected_pairs():
@@ -214,7 +254,9 @@ def test_augmentation_probe_end_to_end(tmp_path):
     for policy in ("scale=0.1", "scale=1", "class_conditional", "kd_from_strong", "kd_from_light"):
         assert 0 <= summary[f"{policy}/avg_acc"] <= 1
     res = json.loads((tmp_path / "results.json").read_text())["results"]
-    assert res["affected_classes"] == sorted({p["predicted"] for p in res["affected_pairs"]})
+    assert res["losing_classes"] == sorted({p["true"] for p in res["affected_pairs"]})
+    assert res["receiving_classes"] == sorted({p["predicted"] for p in res["affected_pairs"]})
+    assert res["remedied_classes"] == res["losing_classes"]  # the paper's remedy: the classes that lose
     assert all(os.path.exists(tmp_path / f) for f in ("class_deltas.png", "confusion_strong.png",
                                                       "accuracy_vs_scale.png"))
 

@@ -32,3 +32,38 @@ def test_methods_table_pairs_each_seed_with_its_twin(tmp_path):
     assert "| vit | hinton | 92.00 ± 2.83 | +7.00 ± 4.24 | 90.00, 94.00 | 90.00 | 0.200 |" in table
     assert "| vit | label only | 85.00 ± 7.07 | – | 80.00, 90.00 | – | – |" in table
     assert table.index("| vit | hinton") < table.index("| vit | fm_x4")  # known methods first
+
+
+def test_methods_vs_pairs_old_and_new_by_seed(tmp_path):
+    from jkd.report import compare_methods
+    for tag, accs in (("old", [0.90, 0.92]), ("new", [0.95, 0.93])):
+        for seed, acc in enumerate(accs):
+            root = tmp_path / f"{tag}{seed}"
+            _stage(root, "label_only_vit", {"model": {"accuracy": 0.8}})
+            _stage(root, "kd_hard", {"vit": {"accuracy": acc, "teacher_agreement": 0.9, "teacher_kl": 0.2}})
+    table = compare_methods([str(tmp_path / "old0"), str(tmp_path / "old1")],
+                            [str(tmp_path / "new0"), str(tmp_path / "new1")])
+    # per-seed differences +5 and +1: mean 3, sample std 2.83
+    assert "| vit | hard | 91.00 ± 1.41 | 94.00 ± 1.41 | +3.00 ± 2.83 | 90.00, 92.00 | 95.00, 93.00 |" in table
+    assert "| vit | label only | 80.00 ± 0.00 | 80.00 ± 0.00 | +0.00 ± 0.00 |" in table
+
+
+def test_omitted_table_means_over_seeds(tmp_path):
+    from jkd.report import omitted_table
+
+    def errors(om, other):
+        return {"omitted_errors": om, "other_errors": other, "omitted_count": 40, "other_count": 400}
+
+    dirs = []
+    for seed, before in enumerate([30, 34]):
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        models = {"teacher": errors(1, 5),
+                  "kd_hinton.mlp": {"model": "mlp_8x2", "before": errors(before, 6), "prior": errors(4, 8),
+                                    "oracle": errors(2, 7), "prior_shift": [2.0], "oracle_shift": [3.0]}}
+        (d / "omitted.json").write_text(json.dumps({"excluded_classes": [3], "models": models}))
+        dirs.append(str(d))
+    table = omitted_table(dirs)
+    assert "Excluded [3]: 40 test images of them, 400 of the other classes; 2 seeds" in table
+    assert ("| mlp_8x2 | kd_hinton.mlp | 32.00 ± 2.83 | 4.00 ± 0.00 | 2.00 ± 0.00 | 6.00 ± 0.00 | 8.00 ± 0.00 | "
+            "7.00 ± 0.00 | 2.00 ± 0.00 | 3.00 ± 0.00 |") in table

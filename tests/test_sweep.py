@@ -140,3 +140,29 @@ def test_cli_bad_spec_exits_2_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "config.seed: range '1:1' in --sweep is empty" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_teacher_paths_may_contain_commas(tmp_path):
+    """Point workdirs are named `a=1,b=2`: a teacher under one must not be split at its comma."""
+    from jkd.train.distill import split_paths
+    a, b = tmp_path / "kd.temperature=1.0,seed=0" / "teacher", tmp_path / "plain"
+    a.mkdir(parents=True)
+    b.mkdir()
+    assert split_paths(str(a)) == [str(a)]
+    assert split_paths(f"{a},{b}") == [str(a), str(b)]
+    assert split_paths(f"{b}, {a}") == [str(b), str(a)]
+    assert split_paths(f"{b},/no/such,dir") == [str(b), "/no/such", "dir"]  # unknown pieces stay as given
+
+
+def test_quickstart_sweep_over_two_fields(tmp_path):
+    """The pipeline's stages read their teacher from inside a point workdir whose name has a comma."""
+    quickstart = os.path.join(REPO, "configs/hinton_omitted.py")
+    argv = ["--config", f"{quickstart}:none", "--workdir", str(tmp_path), "--sweep", "kd.temperature=2,4",
+            "--sweep", "seed=0:1", "--metrics", "accuracy"]
+    for s in ("steps=12", "teacher_steps=12", "optimizer.warmup_steps=2", "progress=False", "eval_every=12",
+              "checkpoint_every=12", "students.mlp800.name=mlp_16x2", "students.mlp30.name=mlp_8x2",
+              "teacher_model.name=mlp_32x2"):
+        argv += ["--set", s]
+    sweep.main(argv)
+    records = [json.loads(line) for line in open(tmp_path / "results.jsonl")]
+    assert [r["point"] for r in records] == [{"kd.temperature": 2.0, "seed": 0}, {"kd.temperature": 4.0, "seed": 0}]

@@ -201,6 +201,38 @@ def test_real_array_record_files(tmp_path):
     assert "tensorflow" not in sys.modules  # tfds' lazy TF import was never triggered
 
 
+def test_exclude_classes_on_real_array_record_files(tmp_path):
+    """data.exclude_classes drops those labels' records from the train stream (labels read with the
+    images undecoded); make_data counts what is left and rejects ids outside the dataset's classes."""
+    b, tmpl = _write_metadata(str(tmp_path), "imagenette", {"train": 12, "validation": 12})
+    from array_record.python import array_record_module
+
+    for split in ("train", "validation"):
+        writer = array_record_module.ArrayRecordWriter(
+            os.fspath(tmpl.replace(split=split).sharded_filepath(shard_index=0, num_shards=1)), "group_size:1")
+        for i in range(12):
+            img = Image.fromarray(np.full((10, 10, 3), 20 * i, np.uint8))
+            writer.write(b.info.features.serialize_example({"image": img, "label": i % 4}))
+        writer.close()
+    np.testing.assert_array_equal(jtfds.kept_indices("imagenette", "train", (1, 3), str(tmp_path)),
+                                  [0, 2, 4, 6, 8, 10])
+    ds = _batches("imagenette", global_batch_size=3, image_size=8, exclude_classes=(1, 3), data_dir=str(tmp_path))
+    seen = np.concatenate([ds[i]["label"] for i in range(8)])
+    assert set(seen) == {0, 2}  # 4 epochs of the 6 kept records
+    from jkd.config import base_config
+    from jkd.data import make_data
+
+    c = base_config().data
+    c.name, c.data_dir, c.eval_split, c.image_size, c.channels = "imagenette", str(tmp_path), "validation", 8, 3
+    c.exclude_classes = (3,)
+    data = make_data(c, seed=0, global_batch_size=3, process_index=0, process_count=1)
+    assert data.num_train == 9 and data.excluded_classes == (3,) and data.num_eval == 12
+    assert sorted(np.concatenate([bt["label"] for bt in data.eval_batches()])) == sorted(np.arange(12) % 4)
+    c.exclude_classes = (10,)  # imagenette has 10 classes: 0..9
+    with pytest.raises(ConfigError, match=r"config\.data\.exclude_classes: \[10\] not in 0\.\.9"):
+        make_data(c, seed=0, global_batch_size=3, process_index=0, process_count=1)
+
+
 def test_unprepared_dataset_is_a_config_error(tmp_path):
     """No mock and nothing prepared: fail fast (download=False), never start a download."""
     with pytest.raises(ConfigError, match=r"config\.data\.data_dir: cannot open TFDS 'cifar10'"):

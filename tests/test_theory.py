@@ -94,7 +94,23 @@ def test_data_is_deterministic_and_noise_orthogonal(data_cfg):
     assert np.abs(iso.train["x"] @ iso.views.T - iso.train["coeffs"]).max() > 0.05
 
 
+def test_noise_norm_is_the_same_at_every_dim(data_cfg):
+    """data.noise_norm fixes the expected noise norm per patch across d (the large-d control)."""
+    data_cfg.noise_orthogonal = False
+    data_cfg.noise_norm = 2.0
+    norms = []
+    for d in (64, 512):
+        data_cfg.dim = d
+        data = multiview.make_multiview(data_cfg, seed=0)
+        noise = data.train["x"] - data.train["coeffs"] @ data.views  # no feature noise in the tiny setting
+        norms.append(np.linalg.norm(noise, axis=-1).mean())
+    np.testing.assert_allclose(norms, 2.0, rtol=0.03)
+    data_cfg.noise_norm = 0.0  # off: data.noise_std per coordinate, the norm grows with sqrt(d)
+    assert multiview.noise_std(data_cfg) == data_cfg.noise_std
+
+
 @pytest.mark.parametrize("field, value, message", [
+    ("noise_norm", -1.0, r"config\.data\.noise_norm: must be >= 0"),
     ("dim", 9, r"config\.data\.dim: the 2k = 10 views must be orthonormal in R\^d, so dim >= 10"),
     ("mu", 1.5, r"config\.data\.mu: a probability, must be in \[0, 1\]"),
     ("mu", -0.1, r"config\.data\.mu"),

@@ -41,7 +41,9 @@ def get_config(arg=None):
 
     c.remedy = ml_collections.ConfigDict()
     c.remedy.fp_rise = 0.02         # pair a->b affected if P(pred b | a) rises by >= this, lightest -> strongest
-    c.remedy.light_scale = -1.0     # crop min scale for the affected classes (-1 = the lightest of min_scales)
+    c.remedy.light_scale = -1.0     # crop min scale for the remedied classes (-1 = the lightest of min_scales)
+    c.remedy.light_for = "losing"   # remedied: the classes that lose accuracy (true side of the affected pairs;
+                                    # Kirichenko et al. 2023), or 'receiving' (predicted side; jkd before issue 14)
 
     c.teacher = ml_collections.ConfigDict()  # the crop-policy models (and the KD teachers)
     c.teacher.model = model_config("vit_atto4")

@@ -60,10 +60,12 @@ def get_config(arg=None):
 
     c.kd = ml_collections.ConfigDict()
     c.kd.temperature = 4.0          # Hinton T (T^2 KL)
-    c.kd.weight = 0.9               # loss = weight * KD + (1 - weight) * CE, both reweighted
+    c.kd.weight = 0.9               # loss = weight * KD + (1 - weight) * CE
 
     c.reweight = ml_collections.ConfigDict()
     c.reweight.beta = 2.0           # weight = exp(beta * exit confidence) where the exit is wrong, else 1
+    c.reweight.terms = "kd"         # the weights multiply the KD term only (Tiwari et al. 2024 reweight the
+                                    # distillation loss); 'kd_and_ce': also the CE term (jkd before issue 14)
 
     c.laplace = ml_collections.ConfigDict()
     c.laplace.prior_precision = 1.0  # isotropic Gaussian prior precision on the exit's weights and bias

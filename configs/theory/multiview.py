@@ -43,6 +43,7 @@ def get_config(arg=None):
     c.data.off_class_strength_single = 0.1  # ... and this in single-view samples
     c.data.feature_noise = 0.0      # uniform [0, feature_noise] of every view in every patch
     c.data.noise_std = 0.125        # Gaussian patch noise per coordinate (norm ~ noise_std sqrt(d) = 2)
+    c.data.noise_norm = 0.0         # > 0: noise_std = noise_norm / sqrt(d), the same noise norm at any d (d sweeps)
     c.data.noise_orthogonal = True  # remove the noise's component along the views (large-d limit)
 
     c.model = ml_collections.ConfigDict()   # the analysed net (variant 'net')

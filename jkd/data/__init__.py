@@ -31,6 +31,7 @@ class Data:
     num_train: int          # examples the train stream draws from
     num_labelled: int       # of which carry a label that the CE term may use
     num_eval: int
+    excluded_classes: tuple[int, ...] = ()  # removed from the train stream (data.exclude_classes)
 
 
 def _array_batches(images, labels, label_mask, *, global_batch_size, seed, process_index, process_count):
@@ -66,6 +67,23 @@ def _array_eval(images, labels, *, global_batch_size, process_index, process_cou
     return eval_batches
 
 
+def excluded_classes(data_cfg, num_classes: int) -> tuple[int, ...]:
+    """config.data.exclude_classes as a sorted tuple of class ids, checked against num_classes."""
+    raw = data_cfg.get("exclude_classes", ()) or ()
+    if isinstance(raw, (int, str)):
+        raw = [raw]
+    try:
+        classes = sorted({int(c) for c in raw})
+    except (TypeError, ValueError):
+        raise ConfigError(f"config.data.exclude_classes: a list of class ids, got {raw!r}") from None
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise ConfigError(f"config.data.exclude_classes: {bad} not in 0..{num_classes - 1} ({num_classes} classes)")
+    if len(classes) >= num_classes:
+        raise ConfigError(f"config.data.exclude_classes: excluding all {num_classes} classes leaves no data")
+    return tuple(classes)
+
+
 def make_data(data_cfg, *, seed: int, global_batch_size: int, eval_batch_size: int | None = None,
               process_index: int | None = None, process_count: int | None = None) -> Data:
     """Build the train stream and eval set named by config.data (digits or any TFDS dataset)."""
@@ -81,21 +99,25 @@ def make_data(data_cfg, *, seed: int, global_batch_size: int, eval_batch_size: i
     size, channels = int(data_cfg.image_size), int(data_cfg.channels)
 
     if data_cfg.name == "digits":
+        exclude = excluded_classes(data_cfg, DIGITS_NUM_CLASSES)
         norm = dict(image_size=size, channels=channels, mean=data_cfg.mean, std=data_cfg.std)
         x_tr, y_tr = load_digits_split("train", **norm)
-        x_te, y_te = load_digits_split("test", **norm)
+        # eval_split 'train' scores the training images (e.g. the omitted-class probe's bias shift)
+        x_te, y_te = load_digits_split(data_cfg.get("eval_split", "test"), **norm)
         # The labelled subset is fixed by data seed, not run seed: all runs share it (fair baselines).
         mask = labelled_subset_mask(y_tr, fraction, seed=int(data_cfg.get("labelled_seed", 0)))
+        # Excluding after drawing the subset keeps the other classes' labelled examples unchanged.
+        keep = ~np.isin(y_tr, exclude)
         if data_cfg.get("labelled_only", False):
-            keep = mask > 0
-            x_tr, y_tr, mask = x_tr[keep], y_tr[keep], mask[keep]
+            keep &= mask > 0
+        x_tr, y_tr, mask = x_tr[keep], y_tr[keep], mask[keep]
         return Data(
             train_batch=_array_batches(x_tr, y_tr, mask, global_batch_size=global_batch_size, seed=seed,
                                        process_index=pi, process_count=pc),
             eval_batches=_array_eval(x_te, y_te, global_batch_size=eval_batch_size, process_index=pi,
                                      process_count=pc),
             num_classes=DIGITS_NUM_CLASSES, image_shape=(size, size, channels), num_train=len(y_tr),
-            num_labelled=int(mask.sum()), num_eval=len(y_te))
+            num_labelled=int(mask.sum()), num_eval=len(y_te), excluded_classes=exclude)
 
     if fraction < 1.0 or data_cfg.get("labelled_only", False):
         raise ConfigError("config.data.labelled_fraction/labelled_only: a labelled subset is implemented for "
@@ -103,6 +125,7 @@ def make_data(data_cfg, *, seed: int, global_batch_size: int, eval_batch_size: i
     from jkd.data import tfds as tfds_data
 
     info = tfds_data.dataset_info(data_cfg.name, data_dir=data_cfg.get("data_dir") or None)
+    exclude = excluded_classes(data_cfg, info["num_classes"])
     common = dict(image_size=size, channels=channels, mean=data_cfg.mean, std=data_cfg.std,
                   data_dir=data_cfg.get("data_dir") or None, process_index=pi, process_count=pc)
     for field in ("train_split", "eval_split"):
@@ -110,7 +133,7 @@ def make_data(data_cfg, *, seed: int, global_batch_size: int, eval_batch_size: i
             raise ConfigError(f"config.data.{field}: {data_cfg[field]!r} is not a split of {data_cfg.name} "
                               f"(splits: {sorted(info['splits'])})")
     train = tfds_data.make_tfds_batches(data_cfg.name, data_cfg.train_split, global_batch_size=global_batch_size,
-                                        seed=seed, shuffle=True, **common)
+                                        seed=seed, shuffle=True, exclude_classes=exclude, **common)
     evals = tfds_data.make_tfds_batches(data_cfg.name, data_cfg.eval_split, global_batch_size=eval_batch_size,
                                         seed=seed, shuffle=False, drop_remainder=False, **common)
 
@@ -125,6 +148,8 @@ def make_data(data_cfg, *, seed: int, global_batch_size: int, eval_batch_size: i
             batch["label_mask"] = batch["mask"]
             yield batch
 
+    num_train = (len(tfds_data.kept_indices(data_cfg.name, data_cfg.train_split, exclude, common["data_dir"]))
+                 if exclude else info["splits"][data_cfg.train_split])
     return Data(train_batch=train_batch, eval_batches=eval_batches, num_classes=info["num_classes"],
-                image_shape=(size, size, channels), num_train=info["splits"][data_cfg.train_split],
-                num_labelled=info["splits"][data_cfg.train_split], num_eval=info["splits"][data_cfg.eval_split])
+                image_shape=(size, size, channels), num_train=num_train, num_labelled=num_train,
+                num_eval=info["splits"][data_cfg.eval_split], excluded_classes=exclude)

@@ -12,24 +12,55 @@ import jax
 import jax.numpy as jnp
 
 
+def crop_boxes(key: jax.Array, batch: int, height: int, width: int, scale: tuple = (0.08, 1.0),
+               ratio: tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10):
+    """torchvision's RandomResizedCrop.get_params, vectorised over a batch.
+
+    Per example, up to `attempts` draws of an area fraction ~ U(scale) and a log-uniform aspect
+    ratio in `ratio`, each rounded to an integer box (w = round(sqrt(A r)), h = round(sqrt(A / r)));
+    the first draw that fits the image is taken, with its top-left corner uniform over the integer
+    positions. If none fits: the centre crop of the whole image clipped to `ratio` (torchvision's
+    fallback). scale = (min, max): floats, or arrays [B] (per-example ranges).
+    Returns (top, left, crop_h, crop_w), each float32 [B] holding integers.
+    """
+    k_area, k_ratio, k_y, k_x = jax.random.split(key, 4)
+    lo = jnp.broadcast_to(jnp.asarray(scale[0], jnp.float32), (batch,))[:, None]
+    hi = jnp.broadcast_to(jnp.asarray(scale[1], jnp.float32), (batch,))[:, None]
+    # uniform(lo, hi) as lo + u (hi - lo): the same draws for float and per-example bounds
+    area = height * width * (lo + jax.random.uniform(k_area, (batch, attempts)) * (hi - lo))
+    aspect = jnp.exp(jax.random.uniform(k_ratio, (batch, attempts), minval=math.log(ratio[0]),
+                                        maxval=math.log(ratio[1])))
+    cw, ch = jnp.round(jnp.sqrt(area * aspect)), jnp.round(jnp.sqrt(area / aspect))
+    fits = (cw > 0) & (cw <= width) & (ch > 0) & (ch <= height)
+    first = jnp.argmax(fits, axis=1)[:, None]  # the first draw that fits (0 if none: masked below)
+    found = fits.any(axis=1)
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fall_w, fall_h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        fall_w, fall_h = round(height * max(ratio)), height
+    else:
+        fall_w, fall_h = width, height
+    crop_w = jnp.where(found, jnp.take_along_axis(cw, first, 1)[:, 0], float(fall_w))
+    crop_h = jnp.where(found, jnp.take_along_axis(ch, first, 1)[:, 0], float(fall_h))
+    top = jnp.where(found, jnp.floor(jax.random.uniform(k_y, (batch,)) * (height - crop_h + 1)),
+                    float((height - fall_h) // 2))
+    left = jnp.where(found, jnp.floor(jax.random.uniform(k_x, (batch,)) * (width - crop_w + 1)),
+                     float((width - fall_w) // 2))
+    # uniform() < 1, but float rounding can reach the upper end: keep the box inside the image
+    return jnp.minimum(top, height - crop_h), jnp.minimum(left, width - crop_w), crop_h, crop_w
+
+
 def random_resized_crop(key: jax.Array, images: jax.Array, scale: tuple = (0.08, 1.0),
                         ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> jax.Array:
-    """Inception-style crop: per example a box of area fraction in `scale` and aspect ratio in `ratio`
-    (log-uniform), resized back to the input size (bilinear). [B, H, W, C] -> [B, H, W, C].
+    """Inception-style crop with torchvision's semantics (`crop_boxes`: area fraction in `scale`,
+    aspect ratio in `ratio`, up to 10 tries, centre-crop fallback), resized back to the input size
+    (bilinear). [B, H, W, C] -> [B, H, W, C]. scale (1, 1) leaves every image as it is.
 
     scale = (min, max): floats, or arrays [B] for a per-example range (class-conditional
     augmentation: lighter crops for some classes, jkd/probes/augmentation.py)."""
     b, h, w, _ = images.shape
-    k_area, k_ratio, k_y, k_x = jax.random.split(key, 4)
-    # uniform(lo, hi) as lo + u (hi - lo): the same draws for float and per-example bounds
-    lo, hi = jnp.asarray(scale[0], jnp.float32), jnp.asarray(scale[1], jnp.float32)
-    area = lo + jax.random.uniform(k_area, (b,)) * (hi - lo)
-    log_r = jax.random.uniform(k_ratio, (b,), minval=math.log(ratio[0]), maxval=math.log(ratio[1]))
-    aspect = jnp.exp(log_r)
-    crop_w = jnp.clip(jnp.sqrt(area * aspect) * w, 1.0, w)
-    crop_h = jnp.clip(jnp.sqrt(area / aspect) * h, 1.0, h)
-    y0 = jax.random.uniform(k_y, (b,)) * (h - crop_h)
-    x0 = jax.random.uniform(k_x, (b,)) * (w - crop_w)
+    y0, x0, crop_h, crop_w = crop_boxes(key, b, h, w, scale, ratio)
 
     def crop_one(image, y, x, ch, cw):
         scale_yx = jnp.stack([h / ch, w / cw])

@@ -60,11 +60,19 @@ def check_config(cfg, field: str = "config.data") -> None:
     for name in ("mu", "off_class_prob"):
         if not 0.0 <= cfg[name] <= 1.0:
             raise ConfigError(f"{field}.{name}: a probability, must be in [0, 1], got {cfg[name]}")
-    for name in ("rho", "off_class_strength", "off_class_strength_single", "feature_noise", "noise_std"):
-        if cfg[name] < 0:
+    for name in ("rho", "off_class_strength", "off_class_strength_single", "feature_noise", "noise_std",
+                 "noise_norm"):
+        if cfg.get(name, 0.0) < 0:
             raise ConfigError(f"{field}.{name}: must be >= 0, got {cfg[name]}")
     if cfg.view_strength <= 0:
         raise ConfigError(f"{field}.view_strength: must be > 0, got {cfg.view_strength}")
+
+
+def noise_std(cfg) -> float:
+    """Per-coordinate std of the Gaussian patch noise: data.noise_std, or, when data.noise_norm > 0,
+    noise_norm / sqrt(d) (the same expected noise norm at every d: the large-d control sweeps d)."""
+    norm = float(cfg.get("noise_norm", 0.0))
+    return norm / np.sqrt(cfg.dim) if norm > 0 else float(cfg.noise_std)
 
 
 def make_views(dim: int, num_classes: int, seed: int) -> np.ndarray:
@@ -123,7 +131,7 @@ def sample_split(cfg, views: np.ndarray, n: int, seed: int, mu: float) -> dict:
         owner[sample, patch] = feat
 
     feature_noise = rng.uniform(0.0, cfg.feature_noise, size=(n, P, 2 * k)).astype(np.float32)
-    noise = (cfg.noise_std * rng.standard_normal((n, P, views.shape[1]))).astype(np.float32)
+    noise = (noise_std(cfg) * rng.standard_normal((n, P, views.shape[1]))).astype(np.float32)
     if cfg.noise_orthogonal:
         noise -= (noise @ views.T) @ views
     x = (coeffs + feature_noise) @ views + noise

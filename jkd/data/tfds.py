@@ -15,6 +15,7 @@ process, so `batches[i]` is a pure function of (seed, i) and training resumes ex
 from __future__ import annotations
 
 import difflib
+import functools
 import io
 import math
 
@@ -98,12 +99,42 @@ def _preprocess(image, image_size: int, channels: int, mean: np.ndarray, std: np
     return (x / 255.0 - mean) / std
 
 
+class _Subset:
+    """The records `indices` of a random-access source, as a random-access source."""
+
+    def __init__(self, source, indices: np.ndarray):
+        self.source, self.indices = source, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.source[int(self.indices[i])]
+
+
+@functools.lru_cache(maxsize=8)
+def _kept_indices(name: str, split: str, exclude_classes: tuple, data_dir: str | None) -> np.ndarray:
+    labels_source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                                     decoders={"image": tfds.decode.SkipDecoding()})
+    labels = np.array([int(labels_source[i]["label"]) for i in range(len(labels_source))], np.int64)
+    return np.flatnonzero(~np.isin(labels, list(exclude_classes)))
+
+
+def kept_indices(name: str, split: str, exclude_classes, data_dir: str | None = None) -> np.ndarray:
+    """Record indices [n_kept] of `split` whose label is not in exclude_classes.
+
+    Reads every record's label once with the images left undecoded (tfds SkipDecoding), so the
+    pass costs I/O, not JPEG decoding (once per process: cached).
+    """
+    return _kept_indices(name, split, tuple(sorted(int(c) for c in exclude_classes)), data_dir)
+
+
 def make_tfds_batches(name: str, split: str, *, global_batch_size: int, image_size: int,
                       channels: int, mean, std, seed: int, shuffle: bool,
                       data_dir: str | None = None, process_index: int | None = None,
                       process_count: int | None = None, drop_remainder: bool = True,
-                      field_prefix: str = "config.data", split_field: str | None = None
-                      ) -> grain.MapDataset:
+                      field_prefix: str = "config.data", split_field: str | None = None,
+                      exclude_classes=()) -> grain.MapDataset:
     """Random-access dataset of this process's batches.
 
     Element i: {'image': float32 [B_local, image_size, image_size, channels], 'label': int32 [B_local]}
@@ -144,6 +175,8 @@ def make_tfds_batches(name: str, split: str, *, global_batch_size: int, image_si
         raise ConfigError(f"{field_prefix}.data_dir: cannot open TFDS {name!r} split {split!r} "
                           f"(data_dir={data_dir!r}) for random access: {e}. Prepare it with `tfds "
                           f"build {name} --file_format=array_record`.") from e
+    if exclude_classes:
+        source = _Subset(source, kept_indices(name, split, exclude_classes, data_dir))
     n, b_local = len(source), global_batch_size // p_cnt
     if n < p_cnt:
         raise ConfigError(f"{split_field}: {n} examples cannot be split across {p_cnt} processes")

@@ -10,18 +10,21 @@ On jkd.data.synthetic.make_fine_grained (fine-grained pairs 0/1, 2/3; co-occurri
   2. affected pairs: fp(a -> b) at the strongest crop minus at the lightest >= remedy.fp_rise; each
      is classified from the data's own annotations: fine_grained (same superclass), co_occurring
      (the multi-label ground truth puts both classes in >= half of one class's training images),
-     else unexplained. Affected classes: the predicted classes b of those pairs (their false
-     positives rise).
-  3. class_conditional: the strongest crop for every class except the affected ones, which get the
-     light scale (remedy.light_scale; -1 = the lightest of crop.min_scales).
+     else unexplained. Two views of who is affected: the classes that LOSE (the true classes a
+     of those pairs: their recall falls to the confusion, Kirichenko et al.'s "affected classes")
+     and the classes that RECEIVE (the predicted classes b: their false positives rise).
+  3. class_conditional: the strongest crop for every class except the remedied ones, which get
+     the light scale (remedy.light_scale; -1 = the lightest of crop.min_scales); remedy.light_for
+     'losing' (default: the classes that lose, as the paper) or 'receiving' (jkd's first form).
   4. KD students (student.model, trained with the light crop) from the strongest-crop teacher
      (kd_from_strong) and from the lightest-crop teacher (kd_from_light), on the same crops the
      teacher sees: does a strong-augmentation teacher pass its class bias on?
 Summary keys '<policy>/<measure>' with policy 'scale=<s>', 'class_conditional', 'kd_from_strong',
-'kd_from_light' and measures avg_acc, affected_acc (mean over the affected classes of this run),
-fine_grained_acc (classes 0-3), co_occurring_acc (4, 5), other_acc (6-9), affected_fp (mean
-fp over the affected pairs), fine_grained_fp (mean fp within the fine-grained pairs), co_occurring_fp
-(fp(5 -> 4): diamonds called '+'); plus num_affected_pairs / num_affected_classes.
+'kd_from_light' and measures avg_acc, losing_acc (mean recall over the classes that lose in this
+run), receiving_acc (mean recall over the classes that receive), fine_grained_acc (classes 0-3),
+co_occurring_acc (4, 5), other_acc (6-9), affected_fp (mean fp over the affected pairs),
+fine_grained_fp (mean fp within the fine-grained pairs), co_occurring_fp (fp(5 -> 4): diamonds
+called '+'); plus num_affected_pairs, num_losing_classes, num_receiving_classes.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ from jkd.train.state import apply_model, graphdef_and_shapes, init_params, make_
 KD_STUDENTS = ("kd_from_strong", "kd_from_light")
 _FG_CLASSES, _CO_CLASSES, _OTHER = [0, 1, 2, 3], [4, 5], [6, 7, 8, 9]
 _FG_PAIRS = [(0, 1), (1, 0), (2, 3), (3, 2)]
+LIGHT_FOR = ("losing", "receiving")  # which side of the affected pairs the class-conditional remedy lightens
 
 
 def min_scales(config) -> list[float]:
@@ -74,6 +78,8 @@ def check_config(config) -> None:
     if not 0 < config.remedy.fp_rise < 1:
         raise ConfigError(f"config.remedy.fp_rise: a rate in (0, 1), got {config.remedy.fp_rise}")
     names(config.students, KD_STUDENTS, "students")
+    if config.remedy.get("light_for", "losing") not in LIGHT_FOR:
+        raise ConfigError(f"config.remedy.light_for: one of {LIGHT_FOR}, got {config.remedy.light_for!r}")
 
 
 def class_scales(num_classes: int, strong: float, light: float, light_classes) -> np.ndarray:
@@ -105,7 +111,12 @@ def pair_kind(a: int, b: int, multi_label: np.ndarray, labels: np.ndarray, super
     return "co_occurring" if co >= 0.5 else "unexplained"
 
 
-def _measures(preds, labels, k, affected_cls, pairs) -> tuple[dict, np.ndarray, np.ndarray]:
+def pair_sides(pairs) -> tuple[list[int], list[int]]:
+    """(losing, receiving): the sorted true classes a and predicted classes b of the pairs (a, b, rise)."""
+    return sorted({a for a, _, _ in pairs}), sorted({b for _, b, _ in pairs})
+
+
+def _measures(preds, labels, k, pairs) -> tuple[dict, np.ndarray, np.ndarray]:
     conf = evaluate.confusion_matrix(preds, labels, k)
     r = evaluate.rates(conf)
     acc = np.diag(r)
@@ -113,14 +124,17 @@ def _measures(preds, labels, k, affected_cls, pairs) -> tuple[dict, np.ndarray, 
          "fine_grained_acc": float(acc[_FG_CLASSES].mean()), "co_occurring_acc": float(acc[_CO_CLASSES].mean()),
          "other_acc": float(acc[_OTHER].mean()),
          "fine_grained_fp": float(np.mean([r[a, b] for a, b in _FG_PAIRS])), "co_occurring_fp": float(r[5, 4])}
-    if affected_cls:
-        m["affected_acc"] = float(acc[affected_cls].mean())
+    if pairs:
+        losing, receiving = pair_sides(pairs)
+        m["losing_acc"] = float(acc[losing].mean())
+        m["receiving_acc"] = float(acc[receiving].mean())
         m["affected_fp"] = float(np.mean([r[a, b] for a, b, _ in pairs]))
     return m, acc, conf
 
 
-def run_augmentation(config, workdir: str, log=None) -> tuple[dict, str]:
-    """Steps 1-4 of the module docstring; writes results.json and figures; returns (summary, markdown)."""
+def run_augmentation(config, workdir: str, log=None, write: bool = True) -> tuple[dict, str]:
+    """Steps 1-4 of the module docstring; writes results.json and figures (if `write`: process 0);
+    returns (summary, markdown)."""
     c = config
     d = c.data
     gen = dict(image_size=d.image_size, min_shape_size=d.min_shape_size, noise=d.noise)
@@ -155,10 +169,11 @@ def run_augmentation(config, workdir: str, log=None) -> tuple[dict, str]:
     # 2. which pairs' false positives rise with stronger crops, and what the data says they are
     pairs = affected_pairs(fp[strong], fp[scales[-1]], float(c.remedy.fp_rise))
     kinds = [pair_kind(a, b, train["multi_label"], train["label"], train["superclass"]) for a, b, _ in pairs]
-    affected_cls = sorted({b for _, b, _ in pairs})
+    losing, receiving = pair_sides(pairs)
+    remedied = losing if c.remedy.get("light_for", "losing") == "losing" else receiving
 
     # 3. the class-conditional remedy (same init and batches as the uniform models)
-    cc = train_teachers([class_scales(k, strong, light, affected_cls)], 0, "class-conditional")
+    cc = train_teachers([class_scales(k, strong, light, remedied)], 0, "class-conditional")
     cc_logits, _ = forward_all(t_graph, cc, test["image"], mean=mean, std=std)
     preds["class_conditional"] = cc_logits[0].argmax(-1)
 
@@ -182,20 +197,23 @@ def run_augmentation(config, workdir: str, log=None) -> tuple[dict, str]:
     s_logits, _ = forward_all(s_graph, students, test["image"], mean=mean, std=std)
     preds.update({n: s_logits[i].argmax(-1) for i, n in enumerate(kd_names)})
 
-    summary, acc, conf = {"num_affected_pairs": len(pairs), "num_affected_classes": len(affected_cls)}, {}, {}
+    summary, acc, conf = {"num_affected_pairs": len(pairs), "num_losing_classes": len(losing),
+                          "num_receiving_classes": len(receiving)}, {}, {}
     for policy, p in preds.items():
-        m, acc[policy], conf[policy] = _measures(p, test["label"], k, affected_cls, pairs)
+        m, acc[policy], conf[policy] = _measures(p, test["label"], k, pairs)
         summary.update({f"{policy}/{name}": v for name, v in m.items()})
 
     results = {"scales": scales, "strong": strong, "light": light,
                "affected_pairs": [{"true": a, "predicted": b, "fp_rise": r, "kind": kind}
                                   for (a, b, r), kind in zip(pairs, kinds)],
-               "affected_classes": affected_cls, "per_class_acc": {n: a.tolist() for n, a in acc.items()},
+               "losing_classes": losing, "receiving_classes": receiving, "remedied_classes": remedied,
+               "per_class_acc": {n: a.tolist() for n, a in acc.items()},
                "confusion": {n: cm.tolist() for n, cm in conf.items()},
                "top_confused": {n: evaluate.top_confused_pairs(cm) for n, cm in conf.items()}}
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"summary": summary, "results": results}, f)
-    _figures(results, summary, workdir, kd_names)
+    if write:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump({"summary": summary, "results": results}, f)
+        _figures(results, summary, workdir, kd_names)
     return summary, _report(c, results, summary, kd_names)
 
 
@@ -203,10 +221,12 @@ def _report(c, results, summary, kd_names) -> str:
     pairs = ", ".join(f"{p['true']}->{p['predicted']} (+{100 * p['fp_rise']:.1f} pp, {p['kind']})"
                       for p in results["affected_pairs"]) or "none"
     policies = [f"scale={s:g}" for s in results["scales"]] + ["class_conditional"] + kd_names
-    cols = ["avg_acc", "affected_acc", "fine_grained_acc", "co_occurring_acc", "other_acc", "fine_grained_fp",
+    cols = ["avg_acc", "losing_acc", "receiving_acc", "fine_grained_acc", "co_occurring_acc", "other_acc", "fine_grained_fp",
             "co_occurring_fp"]
     lines = [f"Augmentation probe (seed {c.seed}): strongest crop {results['strong']:g}, light {results['light']:g}; "
-             f"affected pairs (true->predicted): {pairs}; lighter crops for classes {results['affected_classes']}.",
+             f"affected pairs (true->predicted): {pairs}; classes that lose (true side): "
+             f"{results['losing_classes']}, that receive false positives: {results['receiving_classes']}; "
+             f"the class-conditional policy lightens the crops of {results['remedied_classes']}.",
              "", "| policy | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for p in policies:
         cells = [summary.get(f"{p}/{col}") for col in cols]
@@ -229,10 +249,10 @@ def _figures(results, summary, workdir, kd_names) -> None:
     evaluate.plot_confusion(np.asarray(results["confusion"][strong]), os.path.join(workdir, "confusion_strong.png"),
                             title=f"uniform crops, min scale {results['strong']:g}")
     plot_scale_curves({m: [(s, summary[f"scale={s:g}/{m}"], 0.0) for s in results["scales"]]
-                       for m in ("avg_acc", "affected_acc", "fine_grained_acc", "co_occurring_acc")
+                       for m in ("avg_acc", "losing_acc", "receiving_acc", "fine_grained_acc", "co_occurring_acc")
                        if f"{strong}/{m}" in summary},
                       {m: (results["strong"], summary[f"class_conditional/{m}"], 0.0)
-                       for m in ("avg_acc", "affected_acc") if f"class_conditional/{m}" in summary},
+                       for m in ("avg_acc", "losing_acc", "receiving_acc") if f"class_conditional/{m}" in summary},
                       os.path.join(workdir, "accuracy_vs_scale.png"))
 
 
@@ -274,9 +294,9 @@ def sweep_figure(records: list[dict], out_dir: str) -> list[str]:
         return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
     curves = {m: [(s, *stat(f"scale={s:g}/{m}")) for s in scales]
-              for m in ("avg_acc", "affected_acc", "fine_grained_acc", "co_occurring_acc")
+              for m in ("avg_acc", "losing_acc", "receiving_acc", "fine_grained_acc", "co_occurring_acc")
               if all(f"scale={s:g}/{m}" in recs[0] for s in scales)}
-    remedy = {m: (scales[0], *stat(f"class_conditional/{m}")) for m in ("avg_acc", "affected_acc")
+    remedy = {m: (scales[0], *stat(f"class_conditional/{m}")) for m in ("avg_acc", "losing_acc", "receiving_acc")
               if f"class_conditional/{m}" in recs[0]}
     path = os.path.join(out_dir, "accuracy_vs_scale.png")
     plot_scale_curves(curves, remedy, path, title=f"mean ± std over {len(recs)} runs")

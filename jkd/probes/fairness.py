@@ -24,7 +24,8 @@ early layers know and does not change the student. Its weights for example i:
     w_i = exp(beta * conf_i) if the exit's prediction is wrong, else 1
     conf_i = p_top1 - p_top2 of softmax(exit logits)             (margin)
     conf_i = 1 - H(p~_i) / log K, p~ the Laplace predictive     (laplace)
-and both the KD and the CE term are weighted means under w (jkd.losses' `weights`). The exact
+and the KD term is a weighted mean under w (jkd.losses' `weights`; Tiwari et al. reweight the
+distillation loss; `reweight.terms = 'kd_and_ce'` also weights the CE term, the form before issue 14). The exact
 weighting functions of both papers are not in what we could read: this form is our choice
 (docs/FAIRNESS.md). Writes summary.json (flat `<student>/<measure>`), results.json, results.md,
 group_accuracy.png, exit_weights.png into the workdir; a rerun of the same config returns the summary.
@@ -53,6 +54,9 @@ PROBES = ("spurious", "augmentation")
 STUDENT_METHODS = ("ce", "kd", "kd_margin", "kd_laplace")
 _MODE = {"ce": 0, "kd": 0, "kd_margin": 1, "kd_laplace": 2}  # weighting of each student
 GROUP_NAMES = ("y0_a0", "y0_a1", "y1_a0", "y1_a1")  # spurious groups g = 2 * label + attribute
+# Which loss terms the exit's weights multiply: Tiwari et al. (2024) reweight the distillation loss
+# ('kd', the default); 'kd_and_ce' also weights the label term (jkd's form before issue 14).
+REWEIGHT_TERMS = ("kd", "kd_and_ce")
 
 
 # ----------------------------------------------------------------------------- config checks
@@ -121,6 +125,8 @@ def check_config(config) -> None:
                           f"0..{depth - 2}; got {config.student.exit_block}")
     if config.reweight.beta < 0:
         raise ConfigError(f"config.reweight.beta: must be >= 0, got {config.reweight.beta}")
+    if config.reweight.get("terms", "kd") not in REWEIGHT_TERMS:
+        raise ConfigError(f"config.reweight.terms: one of {REWEIGHT_TERMS}, got {config.reweight.terms!r}")
     if config.laplace.predictive not in ("probit", "mc"):
         raise ConfigError(f"config.laplace.predictive: 'probit' or 'mc', got {config.laplace.predictive!r}")
     if config.laplace.prior_precision <= 0:
@@ -129,10 +135,10 @@ def check_config(config) -> None:
 
 
 def _depth(model_name: str) -> int:
-    """Blocks of a ViT, stages (4) of a ConvNeXt: the places an early exit can read."""
+    """Blocks of a ViT or hidden layers of an MLP, stages (4) of a ConvNeXt: where an early exit can read."""
     from jkd.models import parse_model_name
     family, arch = parse_model_name(model_name)
-    return arch["depth"] if family == "vit" else 4
+    return arch["depth"] if family in ("vit", "mlp") else 4
 
 
 # ----------------------------------------------------------------------------- data
@@ -190,8 +196,11 @@ def unstack(tree, i: int):
 
 
 def early_features(feats: dict, exit_block: int) -> jax.Array:
-    """The early exit's input [B, D]: mean over tokens of ViT block `exit_block` ([B, T, D]) or over
-    the positions of ConvNeXt stage `exit_block` ([B, H, W, C])."""
+    """The early exit's input [B, D]: mean over tokens of ViT block `exit_block` ([B, T, D]), over
+    the positions of ConvNeXt stage `exit_block` ([B, H, W, C]), or MLP hidden layer `exit_block`
+    ([B, width], as is)."""
+    if "hidden" in feats:
+        return feats["hidden"][exit_block].astype(jnp.float32)
     if "tokens" in feats:
         return feats["tokens"][exit_block].mean(1).astype(jnp.float32)
     return feats["stages"][exit_block].mean((1, 2)).astype(jnp.float32)
@@ -348,6 +357,18 @@ def exit_weights(exit_logits_: jax.Array, labels: jax.Array, *, mode, beta: floa
 
 # ----------------------------------------------------------------------------- the spurious probe
 
+def student_objective(logits, labels, teacher_logits, weights, *, kd_on, kd_weight: float, temperature: float,
+                      terms: str = "kd") -> jax.Array:
+    """One spurious-probe student's loss (scalar) on logits [B, K], labels [B], teacher logits [B, K],
+    exit weights [B]: kd_on (1.0 or 0.0, traced) picks Hinton KD `kd_weight T^2 KL + (1 - kd_weight) CE`
+    or CE alone. terms='kd' weights only the KD term by `weights` (Tiwari et al. 2024 reweight the
+    distillation loss), 'kd_and_ce' both (each a weighted mean); CE alone (the `ce` student) is unweighted."""
+    kd = losses.kd_kl(logits, teacher_logits, temperature=temperature, weights=weights)
+    kd_ce = losses.cross_entropy(logits, labels, weights=weights if terms == "kd_and_ce" else None)
+    ce = losses.cross_entropy(logits, labels)
+    return kd_on * (kd_weight * kd + (1.0 - kd_weight) * kd_ce) + (1.0 - kd_on) * ce
+
+
 def _init_exit(dim: int, k: int) -> dict:
     return {"kernel": jnp.zeros((dim, k)), "bias": jnp.zeros((k,))}
 
@@ -384,6 +405,7 @@ def run_spurious(config, workdir: str, log=None) -> tuple[dict, dict]:
     # Students: one init, the same batches; per-student KD switch and weighting mode.
     exit_block, beta = c.student.exit_block, float(c.reweight.beta)
     temp, kd_w = float(c.kd.temperature), float(c.kd.weight)
+    terms = c.reweight.get("terms", "kd")
     dim = _feature_dim(s_graph, s_shapes, image_shape, exit_block)
     s_init = {"model": init_params(s_spec, c.seed + 1), "exit": _init_exit(dim, k)}
     s_params = stack([s_init] * len(methods))
@@ -403,9 +425,8 @@ def run_spurious(config, workdir: str, log=None) -> tuple[dict, dict]:
         probs = laplace_predictive(e_sg, logit_covariance(phi, aux["cov"], k), method=lap.predictive, key=key,
                                    samples=lap.mc_samples)
         w = exit_weights(e_sg, batch["label"], mode=aux["mode"], beta=beta, laplace_probs=probs)
-        ce = losses.cross_entropy(logits, batch["label"], weights=w)
-        kd = losses.kd_kl(logits, teacher_train_logits[batch["index"]], temperature=temp, weights=w)
-        loss = aux["kd"] * (kd_w * kd + (1.0 - kd_w) * ce) + (1.0 - aux["kd"]) * ce
+        loss = student_objective(logits, batch["label"], teacher_train_logits[batch["index"]], w, kd_on=aux["kd"],
+                                 kd_weight=kd_w, temperature=temp, terms=terms)
         return loss + exit_ce, {"exit_ce": exit_ce, "mean_weight": w.mean()}
 
     n = len(train["label"])
@@ -538,35 +559,41 @@ def run_fairness(config, workdir: str) -> dict:
     cached, config_json = _cached(workdir, config)
     if cached is not None:  # same command rerun: report what it measured
         return cached
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(config_json, f, indent=2)
+    # Every process computes the same (replicated) probe; process 0 alone writes its files.
+    writer = jax.process_index() == 0
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    open(metrics_path, "w").close()
+    if writer:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config_json, f, indent=2)
+        open(metrics_path, "w").close()
 
     def log(record):
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if writer:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     t0 = time.time()
     if config.probe == "augmentation":
         from jkd.probes.augmentation import run_augmentation
-        summary, text = run_augmentation(config, workdir, log=log)
+        summary, text = run_augmentation(config, workdir, log=log, write=writer)
     else:
         summary, results = run_spurious(config, workdir, log=log)
         roles = ["teacher"] + names(config.students, STUDENT_METHODS, "students")
         text = (f"Spurious probe (seed {config.seed}): {config.data.name}, {config.data.num_train} training "
                 f"examples, teacher {config.teacher.model.name}, students {config.student.model.name} (exit "
                 f"at block {config.student.exit_block}); test accuracies in %.\n\n" + results_table(summary, roles))
-        plot_group_accuracy(summary, roles, os.path.join(workdir, "group_accuracy.png"))
-        shown = next((m for m in ("kd_laplace", "kd_margin", "kd") if m in results), None)
-        if shown:
-            plot_exit_weights(results, shown, os.path.join(workdir, "exit_weights.png"))
+        if writer:
+            plot_group_accuracy(summary, roles, os.path.join(workdir, "group_accuracy.png"))
+            shown = next((m for m in ("kd_laplace", "kd_margin", "kd") if m in results), None)
+            if shown:
+                plot_exit_weights(results, shown, os.path.join(workdir, "exit_weights.png"))
     summary = {"seed": config.seed, **summary, "wall_time_s": time.time() - t0}
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(text + "\n")
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    if config.progress:
+    if writer:
+        with open(os.path.join(workdir, "results.md"), "w") as f:
+            f.write(text + "\n")
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    if config.progress and writer:
         print("\n" + text + "\n")
     return summary
 

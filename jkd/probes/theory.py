@@ -504,17 +504,22 @@ def run_theory(config, workdir: str) -> dict:
             if json.load(f) == config_json:  # same command rerun: report what it measured
                 with open(summary_path) as g:
                     return json.load(g)
-    with open(config_path, "w") as f:
-        json.dump(config_json, f, indent=2)
+    # Every process computes the same (replicated) probe; process 0 alone writes its files.
+    writer = jax.process_index() == 0
+    if writer:
+        with open(config_path, "w") as f:
+            json.dump(config_json, f, indent=2)
     t0 = time.time()
     data_seed = config.seed if config.data.seed < 0 else config.data.seed
     data = make_multiview(config.data, seed=data_seed)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    open(metrics_path, "w").close()
+    if writer:
+        open(metrics_path, "w").close()
 
     def log(record):
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if writer:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     results, times = {}, {}
     for variant in _names(config.variants, tm.VARIANTS, "variants"):
@@ -535,14 +540,15 @@ def run_theory(config, workdir: str) -> dict:
                           "view_fractions": {n: np.asarray(a).tolist() for n, a in r["view_fractions"].items()}}
                          if "views" in r else {})}
                   for m, r in ms.items()} for v, ms in results.items()}
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"summary": summary, "results": serial}, f)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(header + "\n\n" + table + "\n")
-    _plot_accuracy(results, os.path.join(workdir, "accuracy.png"))
-    _plot_views(results, os.path.join(workdir, "view_learning.png"))
-    with open(summary_path, "w") as f:
-        json.dump(summary, f, indent=2)
-    if config.progress:
+    if writer:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump({"summary": summary, "results": serial}, f)
+        with open(os.path.join(workdir, "results.md"), "w") as f:
+            f.write(header + "\n\n" + table + "\n")
+        _plot_accuracy(results, os.path.join(workdir, "accuracy.png"))
+        _plot_views(results, os.path.join(workdir, "view_learning.png"))
+        with open(summary_path, "w") as f:
+            json.dump(summary, f, indent=2)
+    if config.progress and writer:
         print("\n" + header + "\n\n" + table + "\n")
     return summary

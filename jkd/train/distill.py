@@ -27,9 +27,27 @@ from jkd.train.state import graphdef_and_shapes
 from jkd.train.supervised import model_spec
 
 
+def split_paths(text: str) -> list[str]:
+    """Comma-separated paths -> list, where a path may itself contain commas (jkd.sweep names point
+    workdirs `a=1,b=2`): pieces are re-joined while that makes an existing path. Pieces that form no
+    existing path are returned as split, so the error names them."""
+    pieces, out, i = [p.strip() for p in str(text).split(",")], [], 0
+    while i < len(pieces):
+        for j in range(len(pieces), i, -1):  # the longest run of pieces that is an existing path
+            candidate = ",".join(pieces[i:j])
+            if j - i > 1 and os.path.exists(candidate):
+                out.append(candidate)
+                i = j
+                break
+        else:
+            out.append(pieces[i])
+            i += 1
+    return [p for p in out if p]
+
+
 def load_teachers(config, mesh) -> list:
     """[(spec, graphdef, params)] for every comma-separated path of config.teacher.checkpoint."""
-    paths = [p.strip() for p in str(config.teacher.checkpoint).split(",") if p.strip()]
+    paths = split_paths(config.teacher.checkpoint)
     if not paths:
         raise ConfigError("config.teacher.checkpoint: no teacher given (a teacher workdir or checkpoint dir; "
                           "several comma-separated for an ensemble)")

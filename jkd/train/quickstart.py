@@ -7,6 +7,8 @@ Stages (each its own workdir under the pipeline's workdir, each resumable on rer
                         term covers every training image (the transfer set), the CE term only the
                         labelled subset (config.data.labelled_fraction), as in Hinton et al.
   label_only_<name>/    each student trained on the labelled subset alone: same steps, batch, seed
+config.data.exclude_classes leaves classes out of every student stage's training data (KD transfer
+set and label-only twins alike); the teacher still trains on all classes (jkd/probes/omitted.py).
 
 Methods (presets over the distill config; see jkd/train/objectives.py and docs/METHODS.md; each
 takes its paper's loss form and defaults unless config.kd.* sets them):
@@ -81,6 +83,7 @@ def stage_configs(config) -> dict:
         teacher.steps = config.teacher_steps
         teacher.data.labelled_fraction = 1.0
         teacher.data.labelled_only = False
+        teacher.data.exclude_classes = ()  # the teacher learns every class; only the students' transfer set omits some
     stages = {"teacher": teacher}
     for method in parse_methods(config):
         stages[f"kd_{method}"] = method_config(config, method)
