@@ -10,6 +10,12 @@ stage_configs, so every other setting is the quickstart's), multiplies its steps
 <workdir>/kd_<method>_x<factor>. Prints each student's test accuracy next to the 1x stage's.
 Beyer et al. (2022) claim function matching keeps improving with longer schedules; hinton at the
 same factor is the control (longer training alone).
+
+--set FIELD=VALUE (repeatable) overrides the quickstart config before the stage is derived, and
+--tag names the output <workdir>/kd_<method>_<tag>; with --factor 1 this runs a method variant
+against the same teacher and label-only twins, e.g. DeiT's hard-label distillation:
+    python benchmarks/fm_patience.py --workdir /tmp/m2_s0 --seed 0 --factor 1 --methods deit \
+        --set kd.method=hard --tag hard
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jkd.sweep import load_config  # noqa: E402
+from jkd.sweep import load_config, parse_set, with_overrides  # noqa: E402
 from jkd.train.distill import train_distill  # noqa: E402
 from jkd.train.quickstart import stage_configs  # noqa: E402
 
@@ -31,6 +37,10 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, required=True, help="the seed that quickstart run used")
     p.add_argument("--factor", type=int, default=4, help="steps multiplier")
     p.add_argument("--methods", default="fm", help="comma-separated quickstart methods")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="quickstart config override (repeatable), e.g. kd.method=hard")
+    p.add_argument("--tag", default=None, help="output suffix (default x<factor>)")
+    p.add_argument("--students", default=None, help="comma-separated: only these students (default: all the method applies to)")
     p.add_argument("--config", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                      "configs", "quickstart.py"))
     args = p.parse_args(argv)
@@ -38,20 +48,28 @@ def main(argv=None) -> None:
     if not os.path.isdir(teacher):
         sys.exit(f"--workdir: {teacher} does not exist (run the quickstart first)")
     config = load_config(args.config)
+    config = with_overrides(config, dict(parse_set(spec, config) for spec in args.set))
     with config.unlocked():
         config.seed, config.method, config.progress = args.seed, args.methods, False
+    tag = args.tag or f"x{args.factor}"
     for method, stage in ((m, stage_configs(config)[f"kd_{m}"]) for m in args.methods.split(",")):
         with stage.unlocked():
             stage.teacher.checkpoint = teacher
             stage.steps *= args.factor
             stage.optimizer.warmup_steps *= args.factor
             stage.checkpoint_every *= args.factor
-        out = os.path.join(args.workdir, f"kd_{method}_x{args.factor}")
-        long = train_distill(stage, out, desc=f"{method} x{args.factor}")
+            if args.students:
+                keep = args.students.split(",")
+                if not set(keep) & set(stage.students):
+                    sys.exit(f"--students: none of {keep} in the {method} stage ({', '.join(stage.students)})")
+                for name in [n for n in stage.students if n not in keep]:
+                    del stage.students[name]
+        out = os.path.join(args.workdir, f"kd_{method}_{tag}")
+        long = train_distill(stage, out, desc=f"{method} {tag}")
         with open(os.path.join(args.workdir, f"kd_{method}", "summary.json")) as f:
             short = json.load(f)
         for name, m in long["models"].items():
-            print(json.dumps({"seed": args.seed, "method": method, "student": name, "factor": args.factor,
+            print(json.dumps({"seed": args.seed, "method": method, "student": name, "factor": args.factor, "set": args.set,
                               "accuracy_1x": short["models"][name]["accuracy"], "accuracy": m["accuracy"]}))
 
 

@@ -307,18 +307,31 @@ def plot_sweep(rows: list[dict], sweeps: dict, out_dir: str, group_over=("seed",
                 others = ", ".join(f"{k}={v}" for k, v in r["group"].items() if k != field)
                 for m, (mean, std, _) in r["stats"].items():
                     if m.rpartition("/")[2] == measure and pattern.search(m):
-                        label = " ".join(s for s in (m.rpartition("/")[0], others) if s) or measure
-                        lines.setdefault(label, []).append((r["group"][field], mean, std))
+                        lines.setdefault((m.rpartition("/")[0], others), []).append((r["group"][field], mean, std))
             scale = 100.0 if _PERCENT.search(measure) else 1.0
-            fig, ax = plt.subplots(figsize=(6.4, 4.2))
-            for label, pts in lines.items():
+            # One colour per metric prefix (e.g. the method), one line style per setting of the other
+            # swept fields, so "method X under setting A vs B" reads as one colour, two styles.
+            prefixes = list(dict.fromkeys(p for p, _ in lines))
+            settings = list(dict.fromkeys(o for _, o in lines))
+            colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+            styles = ["-", "--", ":", "-."]
+            fig, ax = plt.subplots(figsize=(8.4, 4.2))
+            for (prefix, others), pts in lines.items():
                 pts.sort()
                 x, y, e = (np.array(v, dtype=float) for v in zip(*pts))
-                ax.errorbar(x, scale * y, yerr=scale * e, marker="o", capsize=3, label=label)
+                label = " ".join(s for s in (prefix, others) if s) or measure
+                ax.errorbar(x, scale * y, yerr=scale * e, marker="o", capsize=3, label=label,
+                            color=colours[prefixes.index(prefix) % len(colours)],
+                            linestyle=styles[settings.index(others) % len(styles)])
+            xs = np.array(values, dtype=float)
+            if xs.min() > 0 and xs.max() / xs.min() >= 8:  # e.g. a dimension or a learning rate
+                ax.set_xscale("log", base=2 if all(float(v).is_integer() for v in values) else 10)
+                ax.set_xticks(xs, [f"{v:g}" for v in values])
+                ax.minorticks_off()
             ax.set_xlabel(field)
             ax.set_ylabel(measure + (" (%)" if scale == 100.0 else ""))
             ax.set_title(f"{measure} vs {field} (mean ± std over {', '.join(group_over)})", fontsize=10)
-            ax.legend(fontsize=7, ncol=2 if len(lines) > 6 else 1)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
             ax.grid(alpha=0.3)
             fig.tight_layout()
             path = os.path.join(out_dir, f"{measure}_vs_{field}.png")
