@@ -2,14 +2,15 @@
 
     python -m jkd.main --config configs/quickstart.py --workdir /tmp/m2_s0 --config.seed=0 \
         --config.method=hinton,fm                         # 1x: teacher, twins, KD stages (500 steps)
-    python benchmarks/fm_patience.py --workdir /tmp/m2_s0 --seed 0 --factor 4 --methods fm,hinton
+    python benchmarks/fm_patience.py --workdir /tmp/m2_s0 --seed 0 --factor 4 --methods fm,hinton,label_only
 
 For each method, re-derives the quickstart's `kd_<method>` stage config (jkd.train.quickstart.
 stage_configs, so every other setting is the quickstart's), multiplies its steps (and warm-up) by
 --factor, and distils from the teacher already trained in <workdir>/teacher into
 <workdir>/kd_<method>_x<factor>. Prints each student's test accuracy next to the 1x stage's.
 Beyer et al. (2022) claim function matching keeps improving with longer schedules; hinton at the
-same factor is the control (longer training alone).
+same factor is one control, `label_only` (the label-only twins at k x the steps) the other: longer
+training without a teacher.
 
 --set FIELD=VALUE (repeatable) overrides the quickstart config before the stage is derived, and
 --tag names the output <workdir>/kd_<method>_<tag>; with --factor 1 this runs a method variant
@@ -29,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jkd.sweep import load_config, parse_set, with_overrides  # noqa: E402
 from jkd.train.distill import train_distill  # noqa: E402
 from jkd.train.quickstart import stage_configs  # noqa: E402
+from jkd.train.supervised import train_supervised  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -49,29 +51,39 @@ def main(argv=None) -> None:
         sys.exit(f"--workdir: {teacher} does not exist (run the quickstart first)")
     config = load_config(args.config)
     config = with_overrides(config, dict(parse_set(spec, config) for spec in args.set))
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    kd_methods = [m for m in methods if m != "label_only"]
     with config.unlocked():
-        config.seed, config.method, config.progress = args.seed, args.methods, False
+        config.seed, config.method, config.progress = args.seed, ",".join(kd_methods) or "hinton", False
     tag = args.tag or f"x{args.factor}"
-    for method, stage in ((m, stage_configs(config)[f"kd_{m}"]) for m in args.methods.split(",")):
+    stages = stage_configs(config)
+    keep = args.students.split(",") if args.students else None
+    jobs = [(m, f"kd_{m}") for m in kd_methods]
+    if "label_only" in methods:  # the control for longer training without a teacher
+        jobs += [("label_only", f"label_only_{n}") for n in config.students if keep is None or n in keep]
+    for method, name in jobs:
+        stage = stages[name]
         with stage.unlocked():
-            stage.teacher.checkpoint = teacher
             stage.steps *= args.factor
             stage.optimizer.warmup_steps *= args.factor
             stage.checkpoint_every *= args.factor
-            if args.students:
-                keep = args.students.split(",")
+            if method != "label_only":
+                stage.teacher.checkpoint = teacher
+            if keep and method != "label_only":
                 if not set(keep) & set(stage.students):
                     sys.exit(f"--students: none of {keep} in the {method} stage ({', '.join(stage.students)})")
-                for name in [n for n in stage.students if n not in keep]:
-                    del stage.students[name]
-        out = os.path.join(args.workdir, f"kd_{method}_{tag}")
-        long = train_distill(stage, out, desc=f"{method} {tag}")
-        with open(os.path.join(args.workdir, f"kd_{method}", "summary.json")) as f:
+                for student in [n for n in stage.students if n not in keep]:
+                    del stage.students[student]
+        out = os.path.join(args.workdir, f"{name}_{tag}")
+        train = train_supervised if method == "label_only" else train_distill
+        long = train(stage, out, desc=f"{name} {tag}")
+        with open(os.path.join(args.workdir, name, "summary.json")) as f:
             short = json.load(f)
-        for name, m in long["models"].items():
-            print(json.dumps({"seed": args.seed, "method": method, "student": name, "factor": args.factor, "set": args.set,
-                              "accuracy_1x": short["models"][name]["accuracy"], "accuracy": m["accuracy"]}))
-
+        for student, m in long["models"].items():
+            student = name[len("label_only_"):] if method == "label_only" else student
+            ref = short["models"]["model" if method == "label_only" else student]
+            print(json.dumps({"seed": args.seed, "method": method, "student": student, "factor": args.factor,
+                              "set": args.set, "accuracy_1x": ref["accuracy"], "accuracy": m["accuracy"]}))
 
 if __name__ == "__main__":
     main()

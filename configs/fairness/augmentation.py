@@ -1,14 +1,18 @@
 """Class confusions from random-resized crops, the class-conditional remedy, and KD (issue 8).
 
-Command (2 CPU cores shared with other jobs at load average 12-18: ~5-8 minutes per seed):
+Command (2 CPU cores: 55-75 s per seed while one other training job shared them):
     python -m jkd.main --config configs/fairness/augmentation.py --workdir /tmp/jkd_aug
 Over seeds (docs/RESULTS.md, "Fairness probes"):
     python -m jkd.sweep --config configs/fairness/augmentation.py --workdir /tmp/fair_aug --sweep 'seed=0:3'
 What it measures (jkd/probes/augmentation.py): tiny ViTs on 16-px synthetic shapes with two
 fine-grained pairs and one co-occurring pair, trained with uniform RRC at each minimum scale in
-crop.min_scales; the pairs whose false positives rise with stronger crops; a model with lighter
-crops only for the classes receiving those false positives; KD students (light crops) from the
-strongest- and the lightest-crop teacher. Expected result: the measured tables in docs/RESULTS.md.
+crop.min_scales (torchvision's RRC: scale 1 is no crop); the pairs whose false positives rise with
+stronger crops, and the classes that lose (true side) and receive (predicted side); a model with
+lighter crops only for the classes that lose (remedy.light_for); KD students (light crops) from the
+strongest- and the lightest-crop teacher. Expected (docs/RESULTS.md, seeds 100-104): strong crops
+cost every group here (average 91.9% uncropped -> 68.5% at min scale 0.08), ~9 of 10 classes count
+as losing, so the class-conditional policy scores like the uncropped one (92.3%); the student of the
+strong-crop teacher inherits ~4x its affected-pair false positives.
 `get_config('tiny')`: seconds, for tests.
 """
 import ml_collections
