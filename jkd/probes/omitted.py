@@ -30,18 +30,22 @@ from jkd.train.quickstart import parse_methods, run_quickstart
 from jkd.train.state import apply_model
 
 
-def _all_logits(workdir: str, model_key: str, data) -> tuple[np.ndarray, np.ndarray]:
-    """(logits [N, K], labels [N]) of one trained model on data's eval set (host-local, unsharded)."""
+def _all_logits(workdir: str, model_key: str, *datasets) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per dataset, (logits [N, K], labels [N]) of one trained model on its eval set (host-local,
+    unsharded): the checkpoint is restored and the forward compiled once for all of them."""
     local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # scored on one device, unsharded
     _, graphdef, params = load_teacher(workdir, model_key=model_key, field=f"omitted probe: {workdir}",
                                        shardings_fn=lambda shapes: jax.tree.map(lambda _: local, shapes))
     forward = jax.jit(lambda p, x: apply_model(graphdef, p, x))
-    logits, labels = [], []
-    for batch in data.eval_batches():
-        real = np.asarray(batch["mask"]) > 0
-        logits.append(np.asarray(forward(params, batch["image"]))[real])
-        labels.append(np.asarray(batch["label"])[real])
-    return np.concatenate(logits), np.concatenate(labels)
+    out = []
+    for data in datasets:
+        logits, labels = [], []
+        for batch in data.eval_batches():
+            real = np.asarray(batch["mask"]) > 0
+            logits.append(np.asarray(forward(params, batch["image"]))[real])
+            labels.append(np.asarray(batch["label"])[real])
+        out.append((np.concatenate(logits), np.concatenate(labels)))
+    return out
 
 
 def _local_data(config, eval_split: str | None = None):
@@ -61,8 +65,7 @@ def score_students(config, workdir: str) -> dict:
     classes = excluded_classes(config.data, test.num_classes)
     train_images = _local_data(config, eval_split=config.data.train_split)
     teacher_dir = os.path.join(workdir, "teacher")
-    teacher_test, labels = _all_logits(teacher_dir, "model", test)
-    teacher_train, _ = _all_logits(teacher_dir, "model", train_images)
+    (teacher_test, labels), (teacher_train, _) = _all_logits(teacher_dir, "model", test, train_images)
     prior = [float((teacher_train.argmax(1) == c).mean()) for c in classes]
     models = {"teacher": evaluate.omitted_class_errors(teacher_test, labels, classes)}
     stages = [(f"kd_{m}", name) for m in parse_methods(config) for name in config.students]
@@ -73,10 +76,11 @@ def score_students(config, workdir: str) -> dict:
         with open(info_path) as f:
             if key not in json.load(f)["models"]:
                 continue  # a method that does not apply to this student
-        test_logits, _ = _all_logits(stage_dir, key, test)
+        scored = _all_logits(stage_dir, key, test, *([train_images] if classes else []))
+        test_logits = scored[0][0]
         row = {"before": evaluate.omitted_class_errors(test_logits, labels, classes)}
         if classes:
-            train_logits, _ = _all_logits(stage_dir, key, train_images)
+            train_logits = scored[1][0]
             shift = evaluate.prior_matching_shift(train_logits, classes, prior)
             oracle = evaluate.oracle_shift(test_logits, labels, classes)
             row["prior_shift"] = [float(shift[c]) for c in classes]
