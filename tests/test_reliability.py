@@ -47,17 +47,23 @@ def _read(path):
 
 
 def _corrupt(step_dir, how):
-    """Damage the params item of a step on disk the way a crash or a bad disk would."""
+    """Damage the params item of a step on disk the way a crash or a bad disk would.
+
+    truncated: every data file of the item cut to half its size (a half-written step). Cutting only
+    the biggest file was not always enough: the params can span several files, and on one machine
+    the arrays read at restore all lay in the surviving half, so the step still loaded.
+    bitflip: the biggest file keeps its size with 16 bytes flipped (orbax has no checksum to notice)."""
     data_dir = os.path.join(step_dir, "params", "ocdbt.process_0", "d")
-    biggest = max((os.path.join(data_dir, f) for f in os.listdir(data_dir)), key=os.path.getsize)
-    with open(biggest, "rb") as f:
-        raw = f.read()
-    if how == "truncated":
-        raw = raw[:len(raw) // 2]
-    else:  # same size, some bits flipped: orbax itself has no checksum that would notice
-        raw = raw[:1000] + bytes(b ^ 0x10 for b in raw[1000:1016]) + raw[1016:]
-    with open(biggest, "wb") as f:
-        f.write(raw)
+    files = [os.path.join(data_dir, f) for f in os.listdir(data_dir)]
+    for path in (files if how == "truncated" else [max(files, key=os.path.getsize)]):
+        with open(path, "rb") as f:
+            raw = f.read()
+        if how == "truncated":
+            raw = raw[:len(raw) // 2]
+        else:
+            raw = raw[:1000] + bytes(b ^ 0x10 for b in raw[1000:1016]) + raw[1016:]
+        with open(path, "wb") as f:
+            f.write(raw)
 
 
 def test_corrupt_latest_checkpoints_fall_back_and_end_identical(clean_run, tmp_path, capfd):
