@@ -79,7 +79,7 @@ def quickstart(repeats):
     mod.loader.exec_module(cfg_module)
     c = cfg_module.get_config()
     strides = {e.get("kwargs", {}).get("stem_stride") for e in c.students.values()} - {None}
-    args = ["--teacher", c.teacher_model.name, "--students", ",".join(e.name for e in c.students.values()),
+    args = ["--teacher", c.teacher.model.name, "--students", ",".join(e.name for e in c.students.values()),
             "--batch", str(c.batch_size), "--image", str(c.data.image_size), "--channels", str(c.data.channels),
             "--classes", "10", "--dtype", c.dtype, "--eval", "--warmup", "2", "--steps", "5",
             "--repeats", str(repeats), "--crop-scale", ",".join(map(str, c.augment.crop_scale or ()))]

@@ -1,7 +1,7 @@
 """Is function matching's "patience" worth it on digits? One quickstart KD stage at k x the steps.
 
     python -m jkd.main --config configs/quickstart.py --workdir /tmp/m2_s0 --config.seed=0 \
-        --config.method=hinton,fm                         # 1x: teacher, twins, KD stages (500 steps)
+        --config.kd_methods=hinton,fm                         # 1x: teacher, twins, KD stages (500 steps)
     python benchmarks/fm_patience.py --workdir /tmp/m2_s0 --seed 0 --factor 4 --methods fm,hinton,label_only
 
 For each method, re-derives the quickstart's `kd_<method>` stage config (jkd.train.quickstart.
@@ -29,7 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jkd.sweep import load_config, parse_set, with_overrides  # noqa: E402
 from jkd.train.distill import train_distill  # noqa: E402
-from jkd.train.quickstart import stage_configs  # noqa: E402
+from jkd.errors import ConfigError  # noqa: E402
+from jkd.train.quickstart import check_config, stage_configs  # noqa: E402
 from jkd.train.supervised import train_supervised  # noqa: E402
 
 
@@ -54,8 +55,12 @@ def main(argv=None) -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     kd_methods = [m for m in methods if m != "label_only"]
     with config.unlocked():
-        config.seed, config.method, config.progress = args.seed, ",".join(kd_methods) or "hinton", False
+        config.seed, config.kd_methods, config.progress = args.seed, ",".join(kd_methods) or "hinton", False
     tag = args.tag or f"x{args.factor}"
+    try:
+        check_config(config)  # e.g. --set kd.method=hard with a preset that sets kd.method itself
+    except ConfigError as e:
+        sys.exit(f"fm_patience: error: {e}")
     stages = stage_configs(config)
     keep = args.students.split(",") if args.students else None
     jobs = [(m, f"kd_{m}") for m in kd_methods]

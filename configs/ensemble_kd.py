@@ -17,15 +17,18 @@ ViT-S with 4-px patches at 32 px (64 tokens), 10 members of 40k steps at batch 2
 students: one GPU/TPU host; time and accuracy NOT measured in this repository yet.
 `:tiny` is a seconds-sized digits setting for tests.
 """
+import ml_collections
+
 from jkd.config import base_config, model_config, use_cifar100
 
 
 def get_config(arg=None):
     c = base_config()
     c.trainer = "ensemble"
-    c.ensemble_size = 5                # independently seeded members (single_0 .. single_4)
-    c.ensemble_target = "mean_probs"   # KD target: mean of the members' probabilities at T (or mean_loss)
-    c.self_distill_generations = 1     # born-again generations from single_0 (0 = skip)
+    c.ensemble = ml_collections.ConfigDict()
+    c.ensemble.size = 5                # independently seeded members (single_0 .. single_4)
+    c.teacher.ensemble = "mean_probs"  # KD target: mean of the members' probabilities at T (or mean_loss)
+    c.generations = 1                  # born-again generations from single_0 (0 = no self-distillation arm)
     c.model = model_config("convnext_zepto", stem_stride=2)  # every member and student (16 -> 1 px maps)
     c.data.image_size = 16
     c.data.labelled_fraction = 0.2     # a stratified 20% of the training digits (269 images) ...
@@ -40,7 +43,7 @@ def get_config(arg=None):
     c.log_every = 100
     c.checkpoint_every = 400
     if arg == "tiny":
-        c.ensemble_size = 2
+        c.ensemble.size = 2
         c.steps, c.batch_size, c.eval_batch_size = 6, 16, 64
         c.optimizer.warmup_steps, c.log_every, c.checkpoint_every = 1, 3, 6
         c.model = model_config("vit_atto4")
@@ -53,7 +56,7 @@ def get_config(arg=None):
         c.data.labelled_fraction, c.data.labelled_only = 1.0, False  # the whole training split
         c.augment.crop_scale = (0.25, 1.0)
         c.model = model_config("vit_s4", drop_path_rate=0.1)
-        c.ensemble_size = 10
+        c.ensemble.size = 10
         c.label_smoothing = 0.1
         c.batch_size, c.eval_batch_size = 256, 500
         c.steps = 40_000

@@ -40,15 +40,14 @@ def get_config(arg=None):
     c.batch_size = 64
     c.eval_batch_size = 256
     c.steps = 1500                     # each student run (~71 epochs of the transfer set)
-    c.teacher_steps = 3000             # the teacher run (dropout needs longer)
-    c.teacher_model = model_config("mlp_1200x2", dropout_rate=0.5, input_dropout_rate=0.2)
+    c.teacher.steps = 3000             # the teacher run (dropout needs longer)
+    c.teacher.model = model_config("mlp_1200x2", dropout_rate=0.5, input_dropout_rate=0.2)
     c.students = dict(
         mlp800=model_config("mlp_800x2"),  # the paper's distilled net: 2 x 800, no regularisation
         mlp30=model_config("mlp_30x2"),    # the paper's "radically reduced" student
     )
-    c.method = "hinton"
+    c.kd_methods = "hinton"
     c.kd.temperature = 20.0            # Hinton et al. 2015, section 3 (MNIST)
-    c.fm_mixup_alpha = 1.0             # unused by hinton; the quickstart pipeline reads it for method=fm
     c.optimizer.lr = 1e-3
     c.optimizer.warmup_steps = 100
     c.optimizer.weight_decay = 0.0     # the students are unregularised, the teacher's regulariser is dropout

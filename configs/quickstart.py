@@ -10,9 +10,10 @@ train on the labelled 10% alone with the same steps, batch and seed. Scored on t
 digits. Expected: a few minutes on 2 cores, teacher ~98% test accuracy and both KD students clearly
 above their label-only twins (measured figures: docs/RESULTS.md).
 Try: --config.seed=1, --config.kd.temperature=2, --config.data.labelled_fraction=0.05,
-     --config.method=vitkd (any of hinton, hard, dkd, nkd, deit, vitkd, align, fm; comma-separated
+     --config.kd_methods=vitkd (any of hinton, hard, dkd, nkd, dist, deit, vitkd, align, fm; comma-separated
      runs several, sharing the teacher and the label-only twins). Every method trains with its
-     paper's loss form and defaults (docs/METHODS.md) unless a --config.kd.* field is set.
+     paper's loss form and defaults (docs/METHODS.md) unless a --config.kd.* field is set; the
+     method itself is chosen by kd_methods (setting --config.kd.method here is an error).
 """
 from jkd.config import base_config, model_config
 
@@ -26,16 +27,16 @@ def get_config(arg=None):
     c.batch_size = 64
     c.eval_batch_size = 256
     c.steps = 500                      # every student run (KD and label-only)
-    c.teacher_steps = 1000             # the teacher run
-    c.teacher_model = model_config("vit_femto4")  # 64 wide, 4 blocks, 16 patch tokens + CLS
+    c.teacher.steps = 1000             # the teacher run
+    c.teacher.model = model_config("vit_femto4")  # 64 wide, 4 blocks, 16 patch tokens + CLS
     c.students = dict(
         vit=model_config("vit_atto4"),                         # 32 wide, 2 blocks
         convnext=model_config("convnext_atto", stem_stride=2),  # 16 -> 8 -> 4 -> 2 -> 1 px maps
     )
-    c.method = "hinton"                # or hard, dkd, nkd, deit, vitkd, align, fm; comma-separated = several
+    c.kd_methods = "hinton"            # or hard, dkd, nkd, dist, deit, vitkd, align, fm; comma-separated = several
     # KD settings: each method's published defaults (docs/METHODS.md), e.g. hinton T=4, 0.9 KD + 0.1 CE;
-    # set c.kd.* (or --config.kd.temperature=2) to override them for every method.
-    c.fm_mixup_alpha = 1.0             # method=fm: mixup Beta(1, 1) on every batch (big_vision distill: p=1.0)
+    # set c.kd.* (or --config.kd.temperature=2) to override them for every method. fm: mixup Beta(1, 1)
+    # on every batch (augment.mixup_alpha unset; big_vision distill: p=1.0).
     c.optimizer.lr = 2e-3
     c.optimizer.warmup_steps = 50
     c.log_every = 50

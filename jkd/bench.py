@@ -3,20 +3,22 @@
     python -m jkd.bench --teacher vit_b16 --students vit_s16 --batch 256 --image 224 --dtype bfloat16 \
         --attention cudnn --attention-pad 64 --peak --peer /path/to/peer_timm_kd.py
     python -m jkd.bench --teacher vit_femto4 --students vit_atto4,convnext_atto --batch 64 --image 16 \
-        --channels 1 --classes 10 --eval          (the quickstart sizes, CPU)
+        --channels 1 --classes 10 --stem-stride 2 --eval          (the quickstart sizes, CPU)
 
-The step is the trainers' own: jkd.train.step.make_train_step with optimizers from
-jkd.train.state.make_optimizer and objectives from jkd.train.objectives.resolve_objective on
-jkd.config.base_config() defaults (Hinton KD, AdamW + global-norm clipping), jitted with the
-shardings and donated state of jkd.train.loop.fit. The teacher runs once per step in inference mode
-(key=None, stop_gradient). Augmentation is off unless --crop-scale / --flip, as in the peer script's step.
+The step is the trainers' own, built by the function jkd.train.loop.fit uses
+(jkd.train.loop.compile_steps: make_train_step with its optimizers, shardings, donated state and
+non-finite guard) with objectives from jkd.train.objectives.resolve_objective on
+jkd.config.base_config() defaults (Hinton KD, AdamW + global-norm clipping). The teacher runs once
+per step in inference mode (key=None, stop_gradient). Augmentation is off unless --crop-scale /
+--flip, as in the peer script's step.
 
 Timing: --warmup steps (compilation excluded), then --repeats blocks of --steps steps, each block
 closed by block_until_ready; step_ms is the median block time / steps; img_per_s = batch / step.
-FLOPs: an analytic count of the matmul/conv FLOPs (`forward_flops`; training = teacher forward +
-3x each student's forward, the usual fwd + 2x bwd convention), and XLA's own count of the compiled
-step (cost_analysis; includes elementwise work; custom calls such as cuDNN attention count 0) as a
-cross-check. MFU = analytic FLOPs/s over the bf16 matmul peak measured in the same process (--peak).
+FLOPs (jkd.flops): an analytic count of the matmul/conv FLOPs (`forward_flops`; training = teacher
+forward + 3x each student's forward, the usual fwd + 2x bwd convention), and XLA's own count of the
+compiled step (cost_analysis; includes elementwise work; custom calls such as cuDNN attention count
+0) as a cross-check. MFU = analytic FLOPs/s over the bf16 matmul peak measured in the same process
+(--peak).
 
 Every result is one JSON line on stdout (and appended to --out): kind = peak | jkd | jkd_eval | peer |
 ratio. --peer runs PyTorch + timm's step (shared/bench/peer_timm_kd.py) with the same shapes in a
@@ -31,6 +33,8 @@ import subprocess
 import sys
 import time
 
+from jkd.flops import forward_flops, train_step_flops, xla_flops
+
 # timm names of the jkd models the peer script can build with the same shapes.
 TIMM_NAMES = {
     "vit_ti16": "vit_tiny_patch16_224", "vit_s16": "vit_small_patch16_224", "vit_b16": "vit_base_patch16_224",
@@ -44,70 +48,6 @@ TIMM_NAMES = {
 def _sig(x: float, digits: int = 4) -> float:
     """x rounded to `digits` significant digits (JSON-friendly)."""
     return float(f"{x:.{digits}g}")
-
-
-def vit_forward_flops(*, width: int, depth: int, patch_size: int, image_size: int, in_channels: int,
-                      num_classes: int, mlp_ratio: float = 4.0, prefix_tokens: int = 1, heads: int = 1) -> int:
-    """Matmul FLOPs (2 per multiply-add) of one image through a ViT forward.
-
-    Patch embedding, per block qkv / QK^T / AV / output projection / MLP, and `heads` classifier
-    heads. T = patches + prefix_tokens, counted unpadded (padding for cuDNN is not useful work).
-    """
-    n = (image_size // patch_size) ** 2
-    t, d, hidden = n + prefix_tokens, width, int(width * mlp_ratio)
-    block = 2 * t * d * 3 * d + 2 * 2 * t * t * d + 2 * t * d * d + 2 * 2 * t * d * hidden
-    return 2 * n * patch_size ** 2 * in_channels * d + depth * block + heads * 2 * d * num_classes
-
-
-def convnext_forward_flops(*, depths, widths, image_size: int, in_channels: int, num_classes: int,
-                           stem_stride: int = 4) -> int:
-    """Matmul/conv FLOPs (2 per multiply-add) of one image through a ConvNeXt forward.
-
-    Stem conv, per block the 7x7 depthwise conv (all 49 taps, as XLA counts a SAME conv) and the
-    4x MLP, the 2x2 downsampling convs, the head.
-    """
-    side = image_size // stem_stride
-    flops = 2 * side * side * stem_stride ** 2 * in_channels * widths[0]
-    for i, (depth, d) in enumerate(zip(depths, widths)):
-        if i > 0:
-            side //= 2
-            flops += 2 * side * side * 4 * widths[i - 1] * d
-        flops += depth * (2 * 49 * side * side * d + 2 * 2 * side * side * d * 4 * d)
-    return flops + 2 * widths[-1] * num_classes
-
-
-def forward_flops(spec) -> int:
-    """Analytic forward FLOPs per image of a jkd.train.state.ModelSpec (ViT or ConvNeXt)."""
-    from jkd.models import parse_model_name
-
-    family, arch = parse_model_name(spec.name)
-    kw = dict(spec.kwargs)
-    if family == "vit":
-        dist = bool(kw.get("distillation_token", False))
-        prefix = int(kw.get("pool", "cls") == "cls") + int(dist) + int(kw.get("num_register_tokens", 0))
-        return vit_forward_flops(width=arch["width"], depth=arch["depth"], patch_size=arch["patch_size"],
-                                 image_size=spec.image_size, in_channels=spec.in_channels,
-                                 num_classes=spec.num_classes, mlp_ratio=kw.get("mlp_ratio", 4.0),
-                                 prefix_tokens=prefix, heads=1 + int(dist))
-    return convnext_forward_flops(depths=arch["depths"], widths=arch["widths"], image_size=spec.image_size,
-                                  in_channels=spec.in_channels, num_classes=spec.num_classes,
-                                  stem_stride=kw.get("stem_stride", 4))
-
-
-def train_step_flops(teacher_specs, student_specs) -> int:
-    """Analytic FLOPs per image of one distillation step: teachers' forward + 3x students' forward."""
-    return sum(forward_flops(s) for s in teacher_specs) + 3 * sum(forward_flops(s) for s in student_specs)
-
-
-def xla_flops(compiled) -> float | None:
-    """XLA's FLOP count of a compiled computation (None where the backend gives none)."""
-    try:
-        ca = compiled.cost_analysis()
-    except Exception:  # some backends/versions do not implement it
-        return None
-    if isinstance(ca, (list, tuple)):
-        ca = ca[0] if ca else None
-    return float(ca["flops"]) if ca and "flops" in ca else None
 
 
 def matmul_peak(dtype: str, size: int, repeats: int = 20) -> dict:
@@ -193,18 +133,18 @@ def make_specs(args):
     return teachers, students
 
 
-def build(args, teacher_specs, student_specs):
-    """The jitted train step of jkd.train.loop.fit, its initial state, a synthetic batch, teacher params."""
+def build(args, teacher_specs, student_specs) -> dict:
+    """What jkd.train.loop.fit runs, built by the same jkd.train.loop.compile_steps: the steps
+    (CompiledSteps), the mesh, the initial state, teacher params (random, seeds 1, 2, ...) and one
+    synthetic batch (image [batch, image, image, channels], label, label_mask), all placed."""
     import jax
     import jax.numpy as jnp
 
     from jkd import sharding
     from jkd.config import base_config, model_config
-    from jkd.train.loop import guard_nonfinite
+    from jkd.train.loop import compile_steps
     from jkd.train.objectives import resolve_objective
-    from jkd.train.state import TrainState, graphdef_and_shapes, init_params, lr_schedule, make_optimizer
-    from jkd.train.objectives import resolve_augment
-    from jkd.train.step import make_train_step
+    from jkd.train.state import graphdef_and_shapes, init_params
 
     config = base_config()
     config.trainer, config.dtype, config.batch_size = "distill", args.dtype, args.batch
@@ -218,39 +158,17 @@ def build(args, teacher_specs, student_specs):
                   for n, s in student_specs.items()}
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:args.devices] if args.devices else None)
     sharding.check_batch_size(args.batch, mesh)
-    txs = {n: make_optimizer(config.optimizer, config.steps) for n in student_specs}
-    graphdefs = {n: graphdef_and_shapes(s)[0] for n, s in student_specs.items()}
-    teacher_graphdefs = tuple(graphdef_and_shapes(s)[0] for s in teacher_specs)
-
-    def init_fn():
-        params = {n: init_params(s, 0) for n, s in student_specs.items()}
-        return TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(0), params=params,
-                          opt_state={n: txs[n].init(p) for n, p in params.items()})
-
-    state_sh = sharding.tree_shardings(jax.eval_shape(init_fn), mesh, config.mesh.min_shard_size)
-    state = jax.jit(init_fn, out_shardings=state_sh)()
-    teacher_params = tuple(init_params(s, 1 + i) for i, s in enumerate(teacher_specs))
-    teacher_sh = sharding.tree_shardings(teacher_params, mesh, config.mesh.min_shard_size)
-    teacher_params = jax.device_put(teacher_params, teacher_sh)
-    step_fn = make_train_step(graphdefs, txs, num_classes=args.classes,
-                              augment_cfg=resolve_augment(config.augment, objectives),
-                              objectives=objectives, teacher_graphdefs=teacher_graphdefs,
-                              label_smoothing=config.label_smoothing,
-                              schedules={n: lr_schedule(config.optimizer, config.steps) for n in student_specs})
-    batch_sh = sharding.batch_sharding(mesh)
-    repl = sharding.replicated(mesh)
-    # As jkd.train.loop.fit compiles it (with its default non-finite guard: one extra flag output).
-    train_step = jax.jit(guard_nonfinite(step_fn, "stop"), in_shardings=(state_sh, batch_sh, teacher_sh),
-                         out_shardings=(state_sh, repl, repl), donate_argnums=0)
+    teachers = tuple((s, graphdef_and_shapes(s)[0], init_params(s, 1 + i)) for i, s in enumerate(teacher_specs))
+    steps = compile_steps(config, mesh, student_specs, num_classes=args.classes, teachers=teachers,
+                          objectives=objectives)
     key = jax.random.PRNGKey(2)
     shape = (args.batch, args.image, args.image, args.channels)
     batch = jax.device_put({
         "image": jax.random.normal(key, shape, jnp.float32),
         "label": jax.random.randint(key, (args.batch,), 0, args.classes, jnp.int32),
-        "label_mask": jnp.ones((args.batch,), jnp.float32)}, batch_sh)
-    return dict(train_step=train_step, state=state, batch=batch, teacher_params=teacher_params, mesh=mesh,
-                graphdefs=graphdefs, teacher_graphdefs=teacher_graphdefs, state_sh=state_sh,
-                teacher_sh=teacher_sh, batch_sh=batch_sh)
+        "label_mask": jnp.ones((args.batch,), jnp.float32)}, steps.batch_sharding)
+    return dict(steps=steps, mesh=mesh, state=steps.init(), batch=batch,
+                teacher_params=jax.device_put(tuple(t[2] for t in teachers), steps.teacher_shardings))
 
 
 def _time_blocks(run_block, warmup: int, steps: int, repeats: int) -> tuple[list[float], list[float]]:
@@ -283,7 +201,7 @@ def bench_train(args, teacher_specs, student_specs, peak_tflops: float | None) -
 
     b = build(args, teacher_specs, student_specs)
     t0 = time.perf_counter()
-    compiled = b["train_step"].lower(b["state"], b["batch"], b["teacher_params"]).compile()
+    compiled = b["steps"].train_step.lower(b["state"], b["batch"], b["teacher_params"]).compile()
     compile_s = time.perf_counter() - t0
     holder = {"state": b["state"]}
 
@@ -327,12 +245,7 @@ def bench_eval(args, b: dict, teacher_specs, student_specs) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from jkd import sharding
-    from jkd.train.step import make_eval_step
-
-    eval_step = jax.jit(make_eval_step(b["graphdefs"], b["teacher_graphdefs"]),
-                        in_shardings=(b["state_sh"].params, b["batch_sh"], b["teacher_sh"]),
-                        out_shardings=sharding.replicated(b["mesh"]))
+    eval_step = b["steps"].eval_step
     batch = {"image": b["batch"]["image"], "label": b["batch"]["label"],
              "mask": jnp.ones_like(b["batch"]["label_mask"])}
     params = b["state"].params

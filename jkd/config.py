@@ -1,17 +1,19 @@
 """Defaults shared by every recipe, and the start-up checks that turn bad configs into clear errors.
 
 Recipes (configs/*.py) start from `base_config()` and change what they need. Every field has a
-default and a one-line comment here; `validate(config)` runs before anything is built or compiled.
+default and a one-line comment here: this file is the reference of the config vocabulary (one
+field, one meaning, in every recipe; docs/ARCHITECTURE.md lists the recipe-specific groups).
+`check_run(config)` holds the checks every jkd.train.loop run shares; each trainer adds its own
+(jkd/trainers.py dispatches), and `check_renamed` turns an old field name into "renamed to ...".
 """
 from __future__ import annotations
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from jkd import checks
 from jkd.errors import ConfigError
 from jkd.models import check_model
-
-TRAINERS = ("supervised", "distill", "quickstart", "omitted", "theory", "ensemble", "fairness")
 
 
 def model_config(name: str, **kwargs) -> ml_collections.ConfigDict:
@@ -21,7 +23,7 @@ def model_config(name: str, **kwargs) -> ml_collections.ConfigDict:
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.trainer = "supervised"        # supervised | distill | quickstart | omitted | theory | ensemble | fairness
+    c.trainer = "supervised"        # a name of jkd/trainers.py's REGISTRY (supervised, distill, quickstart, ...)
     c.seed = 0                      # init, data order, augmentation
     c.dtype = "float32"             # compute dtype (params stay fp32); bfloat16 on accelerators
     c.steps = 1000                  # optimizer steps
@@ -51,7 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
                                                 # when a student uses kd.method=fm (big_vision), else 0
 
     c.model = model_config("vit_femto4")  # supervised: the model to train
-    c.students = ml_collections.ConfigDict()  # distill: {name: model_config(...)} trained together
+    c.students = ml_collections.ConfigDict()  # {name: model_config(...)} trained together (always a dict of
+                                              # student models; loss variants and counts have their own fields)
 
     c.teacher = ml_collections.ConfigDict()
     c.teacher.checkpoint = ""       # teacher workdir (latest step) or <workdir>/checkpoints/<step>;
@@ -61,16 +64,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher.attention_pad_to = -1  # ViT teachers: -1 = as trained, k >= 0 pads tokens to a multiple of k
     c.teacher.ensemble = "mean_probs"  # several teachers: 'mean_probs' (target = mean of their
                                        # probabilities at T) or 'mean_loss' (mean of per-teacher losses)
-    c.generations = 1               # self-distillation: generation k+1 learns from generation k
+    c.generations = 1               # distillation generations: gen 1 learns from the teacher, gen k+1 from gen k
+                                    # (> 1 = self-distillation; the ensemble probe: 0 = no self-distillation arm)
 
     # KD fields left None take the method's published value (jkd.train.objectives.PAPER_DEFAULTS;
     # every value and its source: docs/METHODS.md). Setting one overrides it.
     c.kd = ml_collections.ConfigDict()
-    c.kd.method = "hinton"          # hinton | hard | dkd | nkd | fm (docs/METHODS.md)
+    c.kd.method = placeholder(str)  # hinton | hard | dkd | nkd | dist | fm (docs/METHODS.md); None = hinton. The quickstart
+                                    # sets it per stage from config.kd_methods (then setting it is an error)
     c.kd.setting = "cifar"          # which published setting fills unset fields: 'cifar' | 'imagenet'
-    c.kd.temperature = placeholder(float)  # T; None = paper: hinton 4 (imagenet 1), dkd 4 (1), nkd 3 (1), fm 1, DeiT soft 3
-    c.kd.weight = placeholder(float)       # KD term weight; None = paper: hinton 0.9 (0.5), hard 0.5, dkd/nkd/fm 1, DeiT soft 0.1
-    c.kd.ce_weight = placeholder(float)    # label CE weight; None = paper: hinton 0.1 (0.5), hard 0.5, dkd/nkd 1, fm 0,
+    c.kd.temperature = placeholder(float)  # T; None = paper: hinton 4 (imagenet 1), dkd 4 (1), nkd 3 (1), dist 4 (1), fm 1,
+                                           # DeiT soft 3
+    c.kd.weight = placeholder(float)       # KD term weight; None = paper: hinton 0.9 (0.5), hard 0.5, dkd/nkd/fm 1, dist 2,
+                                           # DeiT soft 0.1
+    c.kd.ce_weight = placeholder(float)    # label CE weight; None = paper: hinton 0.1 (0.5), hard 0.5, dkd/nkd/dist 1, fm 0,
                                            # DeiT soft 0.9; hinton/hard with only kd.weight set: 1 - weight
     c.kd.hard_label_smoothing = 0.0  # hard: label smoothing on the teacher's argmax (DeiT: 0)
     c.kd.dkd_alpha = placeholder(float)  # dkd: target-class (binary) KL weight; None = 1 (mdistiller)
@@ -79,10 +86,12 @@ def base_config() -> ml_collections.ConfigDict:
                                                    # None = 20/240 (cifar), 1/100 (imagenet) (mdistiller)
     c.kd.nkd_gamma = placeholder(float)  # nkd: non-target term weight; None = 3.5 (cifar), 1.5 (imagenet; 1.0 for
                                          # ViT students) (cls_KD configs)
+    c.kd.dist_beta = placeholder(float)   # dist: inter-class (per-example) relation weight; None = 1 (DIST_KD)
+    c.kd.dist_gamma = placeholder(float)  # dist: intra-class (per-class, over the batch) relation weight; None = 1
     c.kd.deit_soft_scale = "reference"  # DeiT soft KD: 'reference' = DeiT's code (summed KL / (B * K)), 'paper' = / B
 
     c.feature_kd = ml_collections.ConfigDict()
-    c.feature_kd.method = "none"    # none | vitkd (ViT -> ViT) | align (ViT -> ConvNeXt)
+    c.feature_kd.method = placeholder(str)  # none | vitkd (ViT -> ViT) | align (ViT -> ConvNeXt); None = none
     c.feature_kd.vitkd_alpha = placeholder(float)  # vitkd: mimic weight on sum((x_s'-x_t)^2)/B; None = 3e-5 (cls_KD)
     c.feature_kd.vitkd_beta = placeholder(float)   # vitkd: generation weight, sum over masked / B / ratio; None = 3e-6
     c.feature_kd.mask_ratio = placeholder(float)   # vitkd: fraction of last-block tokens masked; None = 0.5 (cls_KD)
@@ -140,22 +149,21 @@ def use_cifar100(c: ml_collections.ConfigDict) -> None:
     c.augment.mixup_alpha = 0.2
 
 
-def _check_model_entry(entry, image_size: int, field: str) -> None:
-    check_model(entry.name, image_size=image_size, field=field, **dict(entry.get("kwargs", {})))
-
-
-def _positive(config, *fields) -> None:
-    for f in fields:
-        value = config
-        for part in f.split("."):
-            value = value[part]
-        if not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"config.{f}: must be a positive integer, got {value!r}")
-
-
-# Fields that changed meaning when jkd's defaults became the papers' (issue 13): a config that still
-# sets one fails instead of silently training something else.
+# Fields renamed or removed; a config that still sets one fails with the new name instead of
+# silently training something else. Top level of any recipe:
 RENAMED_FIELDS = {
+    "method": "kd_methods (the quickstart's comma-separated KD method presets; config.kd.method is the "
+              "logit loss of a distill run)",
+    "teacher_model": "teacher.model",
+    "teacher_steps": "teacher.steps (a stage's step count is always <stage>.steps)",
+    "fm_mixup_alpha": "augment.mixup_alpha (None = Beta(1, 1) mixup on every batch when a student uses kd.method=fm)",
+    "ensemble_size": "ensemble.size",
+    "ensemble_target": "teacher.ensemble (how several teachers' targets combine: mean_probs | mean_loss)",
+    "self_distill_generations": "generations (0 = no self-distillation arm in the ensemble probe)",
+}
+# ... and the KD groups, at the top level or in a student's overrides (issue 13: these changed meaning
+# when jkd's defaults became the papers').
+RENAMED_KD_FIELDS = {
     "kd.dkd_warmup_steps": "kd.dkd_warmup_fraction (a fraction of config.steps; mdistiller: 20/240)",
     "feature_kd.mimic_weight": "feature_kd.vitkd_alpha (weight on the reference's summed squared error, 3e-5)",
     "feature_kd.generate_weight": "feature_kd.vitkd_beta (weight on the reference's summed squared error, 3e-6)",
@@ -163,38 +171,20 @@ RENAMED_FIELDS = {
 
 
 def check_renamed(config) -> None:
-    """ConfigError for a field that was renamed, anywhere in config or a student's overrides."""
-    def has(node, dotted):
-        for part in dotted.split("."):
-            if not hasattr(node, "keys") or part not in node:
-                return False
-            node = node[part]
-        return True
-    nodes = [("config", config)] + [(f"config.students.{n}", e) for n, e in dict(config.get("students") or {}).items()
-                                    if hasattr(e, "keys")]
-    for prefix, node in nodes:
-        for old, new in RENAMED_FIELDS.items():
-            if has(node, old):
-                raise ConfigError(f"{prefix}.{old}: renamed to {new}")
+    """ConfigError for a renamed field anywhere in config or a student's overrides."""
+    checks.check_renamed(config, RENAMED_FIELDS)
+    students = config.get("students")
+    prefixes = [""] + ([f"students.{n}" for n, e in students.items() if hasattr(e, "keys")]
+                       if hasattr(students, "items") else [])
+    checks.check_renamed(config, RENAMED_KD_FIELDS, prefixes)
 
 
-def validate(config) -> None:
-    """Cheap checks of the fields every trainer uses; raises ConfigError naming the field."""
-    if config.get("trainer") not in TRAINERS:
-        raise ConfigError(f"config.trainer: unknown trainer {config.get('trainer')!r} (known: {', '.join(TRAINERS)})")
-    if config.trainer == "theory":  # its own config layout, checked by jkd.probes.theory
-        return
-    if config.trainer == "fairness":  # its own config layout, checked by jkd.probes.fairness
-        from jkd.probes.fairness import check_config
-        check_config(config)
-        return
-    if config.trainer == "ensemble":  # its stages are checked by jkd.probes.ensemble.check_config
-        from jkd.probes.ensemble import check_config
-        return check_config(config)
-    if not isinstance(config.seed, int) or isinstance(config.seed, bool) or config.seed < 0:
-        raise ConfigError(f"config.seed: must be an integer >= 0, got {config.seed!r}")
-    _positive(config, "steps", "batch_size", "eval_batch_size", "log_every", "checkpoint_every",
-              "keep_checkpoints", "data.image_size")
+def check_run(config) -> None:
+    """Checks of the fields every jkd.train.loop run reads (supervised, distill and the stages built
+    on them); raises ConfigError naming the field. The trainer checks its models on top."""
+    checks.seed(config)
+    checks.positive_ints(config, "steps", "batch_size", "eval_batch_size", "log_every", "checkpoint_every",
+                         "keep_checkpoints", "data.image_size")
     if config.data.channels not in (1, 3):
         raise ConfigError(f"config.data.channels: must be 1 or 3, got {config.data.channels!r}")
     if config.dtype not in ("float32", "bfloat16", "float16"):
@@ -208,24 +198,16 @@ def validate(config) -> None:
     if config.data.name == "digits":  # TFDS datasets: checked against their class count when opened
         from jkd.data import DIGITS_NUM_CLASSES, excluded_classes
         excluded_classes(config.data, DIGITS_NUM_CLASSES)
+    if config.optimizer.warmup_steps >= config.steps:  # also in make_optimizer; here so a pipeline stage
+        # fails before an earlier stage trains
+        raise ConfigError(f"config.optimizer.warmup_steps: {config.optimizer.warmup_steps} must be < the "
+                          f"{config.steps} train steps")
     if config.kd.weight is not None and config.kd.weight < 0:
         raise ConfigError(f"config.kd.weight: must be >= 0, got {config.kd.weight}")
     if config.kd.temperature is not None and config.kd.temperature <= 0:
         raise ConfigError(f"config.kd.temperature: must be > 0, got {config.kd.temperature}")
-    size = config.data.image_size
-    if config.trainer == "supervised":
-        _check_model_entry(config.model, size, "config.model")
-    if config.trainer == "distill":
-        if not config.students:
-            raise ConfigError("config.students: a distill run needs at least one student")
-        for name, entry in config.students.items():
-            kwargs = dict(entry.get("kwargs", {}))
-            if kwargs.get("distillation_token") and not entry.name.startswith("vit_"):
-                raise ConfigError(f"config.students.{name}.kwargs.distillation_token: the DeiT distillation "
-                                  f"token is a ViT option; {entry.name!r} is not a ViT")
-            _check_model_entry(entry, size, f"config.students.{name}")
-        if not isinstance(config.generations, int) or config.generations < 1:
-            raise ConfigError(f"config.generations: must be an integer >= 1, got {config.generations!r}")
-        if config.generations > 1 and len(config.students) != 1:
-            raise ConfigError(f"config.generations: self-distillation over generations trains one student; "
-                              f"config.students has {len(config.students)}")
+
+
+def check_model_entry(entry, config, field: str) -> None:
+    """A model entry (model_config(...)) is buildable at config.data.image_size; ConfigError naming field."""
+    check_model(entry.name, image_size=config.data.image_size, field=field, **dict(entry.get("kwargs", {})))

@@ -125,6 +125,42 @@ def nkd(student_logits: jax.Array, teacher_logits: jax.Array, targets: jax.Array
     return target_term + non_target, {"nkd_target": target_term, "nkd_non_target": non_target}
 
 
+def _safe_norm(x: jax.Array, axis: int) -> jax.Array:
+    """||x|| along axis, with gradient 0 where x = 0 (torch's convention; jnp.linalg.norm gives NaN)."""
+    sq = (x * x).sum(axis)
+    nonzero = sq > 0
+    return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
+
+
+def _mean_pearson_rows(a: jax.Array, b: jax.Array, eps: float) -> jax.Array:
+    """Mean over rows of the Pearson correlation of a[i, :] and b[i, :], as DIST's reference computes
+    it: cos(a - mean, b - mean) with the eps added to the product of the norms. [N, M], [N, M] -> scalar."""
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    cos = (a * b).sum(1) / (_safe_norm(a, 1) * _safe_norm(b, 1) + eps)
+    return cos.mean()
+
+
+def dist(student_logits: jax.Array, teacher_logits: jax.Array, *, temperature: float, beta: float = 1.0,
+         gamma: float = 1.0, eps: float = 1e-8) -> tuple[jax.Array, dict]:
+    """DIST (Huang et al. 2022): T^2 * (beta * inter + gamma * intra) on y = softmax(z / T).
+
+    inter = 1 - mean over examples of pearson(y_s[i, :], y_t[i, :]) (each example's class ranking);
+    intra = 1 - mean over classes of pearson(y_s[:, k], y_t[:, k]) (each class across the batch).
+    student_logits, teacher_logits [B, K] -> scalar, in float32. The intra term correlates the
+    examples of the batch it is given (the whole batch under jit, all devices together; the reference
+    runs per GPU). No per-example weights: a relation over the batch has no per-example mean.
+    Returns (loss, {'dist_inter': T^2 inter, 'dist_intra': T^2 intra}) (the reference's inter_loss
+    and intra_loss, before beta and gamma).
+    """
+    t = temperature
+    y_s = jax.nn.softmax(student_logits.astype(jnp.float32) / t, -1)
+    y_t = jax.nn.softmax(teacher_logits.astype(jnp.float32) / t, -1)
+    inter = t ** 2 * (1.0 - _mean_pearson_rows(y_s, y_t, eps))
+    intra = t ** 2 * (1.0 - _mean_pearson_rows(y_s.T, y_t.T, eps))
+    return beta * inter + gamma * intra, {"dist_inter": inter, "dist_intra": intra}
+
+
 def ensemble_logits(teacher_logits: jax.Array, temperature: float) -> jax.Array:
     """Logits whose softmax at T is the mean of the teachers' softmax at T.
 

@@ -3,7 +3,7 @@
     python -m jkd.main --config configs/quickstart.py --workdir /tmp/jkd_quickstart
     python -m jkd.main --config configs/quickstart.py --workdir DIR --config.seed=1 --config.steps=300
 
-The config's `trainer` field picks the trainer. Mistakes in the config or inputs are printed to
+The config's `trainer` field picks the trainer from jkd/trainers.py's registry. Mistakes in the config or inputs are printed to
 stderr without a traceback and exit with status 2; anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
@@ -22,30 +22,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and 
 
 
 def run(config, workdir: str) -> dict:
-    """Dispatch to the trainer named by config.trainer; returns its summary."""
-    from jkd.config import validate
-
-    validate(config)
-    if config.trainer == "supervised":
-        from jkd.train.supervised import train_supervised
-        return train_supervised(config, workdir)
-    if config.trainer == "distill":
-        from jkd.train.distill import train_distill
-        return train_distill(config, workdir)
-    if config.trainer == "omitted":
-        from jkd.probes.omitted import run_omitted
-        return run_omitted(config, workdir)
-    if config.trainer == "theory":
-        from jkd.probes.theory import run_theory
-        return run_theory(config, workdir)
-    if config.trainer == "fairness":
-        from jkd.probes.fairness import run_fairness
-        return run_fairness(config, workdir)
-    if config.trainer == "ensemble":
-        from jkd.probes.ensemble import run_ensemble
-        return run_ensemble(config, workdir)
-    from jkd.train.quickstart import run_quickstart
-    return run_quickstart(config, workdir)
+    """Check config, then run the trainer config.trainer names (jkd/trainers.py); returns its summary."""
+    from jkd import trainers
+    return trainers.run(config, workdir)
 
 
 def _fail(message: str) -> None:

@@ -55,49 +55,53 @@ def _mean_std(values) -> str:
     return f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
 
 
+def _student_rows(workdir: str) -> dict:
+    """{(student, method): its summary row} of one quickstart workdir: every KD stage kd_<method>/
+    (one row per student) and every label-only twin label_only_<student>/ (method 'label only')."""
+    out = {}
+    for stage in sorted(os.listdir(workdir)):
+        summary = _summary(workdir, stage) if stage.startswith(("kd_", "label_only_")) else None
+        if summary is None:
+            continue
+        if stage.startswith("label_only_"):
+            out[(stage[len("label_only_"):], "label only")] = summary["models"]["model"]
+        else:
+            out.update({(student, stage[3:]): row for student, row in summary["models"].items()})
+    return out
+
+
+def _in_every(workdirs: list[str]) -> dict:
+    """{(student, method): [row per workdir]} for the pairs present in every workdir."""
+    per_dir = [_student_rows(w) for w in workdirs]
+    return {k: [rows[k] for rows in per_dir] for k in per_dir[0] if all(k in rows for rows in per_dir)}
+
+
 def methods_table(workdirs: list[str], methods: list[str] | None = None) -> str:
     """Markdown: per student, its label-only row then one row per KD method found in every workdir
     (kd_<method>/): test accuracy mean ± std (sample std) over the workdirs (seeds), the mean ± std
     of the per-seed difference to that seed's label-only twin, the per-seed values, mean teacher
     agreement and KL(teacher || student) at T = 1 (nats). Accuracies in %."""
-    found = sorted({d[3:] for w in workdirs for d in os.listdir(w)
-                    if d.startswith("kd_") and os.path.exists(os.path.join(w, d, "summary.json"))})
+    rows = _in_every(workdirs)
     from jkd.train.quickstart import METHODS  # the quickstart's order, then variants (e.g. fm_x4)
+    found = sorted({m for _, m in rows if m != "label only"})
     found = [m for m in METHODS if m in found] + [m for m in found if m not in METHODS]
-    methods = [m for m in (methods or found) if all(_summary(w, f"kd_{m}") for w in workdirs)]
-    students = sorted({d[len("label_only_"):] for d in os.listdir(workdirs[0]) if d.startswith("label_only_")})
+    methods = [m for m in (methods or found) if any(k[1] == m for k in rows)]
+    students = sorted({s for s, m in rows if m == "label only"})
     lines = [f"| student | method | test accuracy, mean ± std over {len(workdirs)} seeds | vs label-only (paired) | "
              "per seed | teacher agreement | KL(teacher‖student) |", "|---|---|---:|---:|---|---:|---:|"]
     for student in students:
-        twin = [100 * _summary(w, f"label_only_{student}")["models"]["model"]["accuracy"] for w in workdirs]
+        twin = [100 * r["accuracy"] for r in rows[(student, "label only")]]
         lines.append(f"| {student} | label only | {_mean_std(twin)} | – | {', '.join(f'{a:.2f}' for a in twin)} | – | – |")
         for m in methods:
-            rows = [_summary(w, f"kd_{m}")["models"].get(student) for w in workdirs]
-            if any(r is None for r in rows):
+            if (student, m) not in rows:
                 continue
-            acc = [100 * r["accuracy"] for r in rows]
+            runs = rows[(student, m)]
+            acc = [100 * r["accuracy"] for r in runs]
             diff = [a - t for a, t in zip(acc, twin)]
             lines.append(f"| {student} | {m} | {_mean_std(acc)} | {'+' if np.mean(diff) >= 0 else ''}{_mean_std(diff)} | "
-                         f"{', '.join(f'{a:.2f}' for a in acc)} | {100 * np.mean([r['teacher_agreement'] for r in rows]):.2f} | "
-                         f"{np.mean([r['teacher_kl'] for r in rows]):.3f} |")
+                         f"{', '.join(f'{a:.2f}' for a in acc)} | {100 * np.mean([r['teacher_agreement'] for r in runs]):.2f} | "
+                         f"{np.mean([r['teacher_kl'] for r in runs]):.3f} |")
     return "\n".join(lines)
-
-
-def _student_accuracies(workdirs: list[str]) -> dict:
-    """{(student, method): [accuracy % per workdir]} for every KD method and label-only twin in all."""
-    out = {}
-    for w in workdirs:
-        for stage in sorted(os.listdir(w)):
-            summary = _summary(w, stage)
-            if summary is None or not (stage.startswith("kd_") or stage.startswith("label_only_")):
-                continue
-            if stage.startswith("label_only_"):
-                out.setdefault((stage[len("label_only_"):], "label only"), []).append(
-                    100 * summary["models"]["model"]["accuracy"])
-            else:
-                for student, row in summary["models"].items():
-                    out.setdefault((student, stage[3:]), []).append(100 * row["accuracy"])
-    return {k: v for k, v in out.items() if len(v) == len(workdirs)}
 
 
 def compare_methods(old: list[str], new: list[str]) -> str:
@@ -105,7 +109,8 @@ def compare_methods(old: list[str], new: list[str]) -> str:
     std of the per-seed difference new - old (workdirs paired by position, i.e. by seed)."""
     if len(old) != len(new):
         raise SystemExit(f"--methods-vs: {len(old)} old workdirs but {len(new)} new ones (pair them by seed)")
-    a, b = _student_accuracies(old), _student_accuracies(new)
+    a = {k: [100 * r["accuracy"] for r in v] for k, v in _in_every(old).items()}
+    b = {k: [100 * r["accuracy"] for r in v] for k, v in _in_every(new).items()}
     lines = [f"| student | method | old, mean ± std over {len(old)} seeds | new | new - old (paired) | old per seed | "
              "new per seed |", "|---|---|---:|---:|---:|---|---|"]
     for key in sorted(set(a) & set(b), key=lambda k: (k[0], k[1] != "label only", k[1])):

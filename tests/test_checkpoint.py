@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from jkd import checkpoint
-from jkd.train.state import ModelSpec, TrainState, init_state
+from jkd.train.state import ModelSpec, TrainState, init_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,9 +19,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_save_restore_round_trip_is_exact(tmp_path):
     specs = {"vit": ModelSpec("vit_atto4", 10, 8, 1), "convnext": ModelSpec("convnext_zepto", 10, 8, 1,
                                                                             kwargs=(("stem_stride", 1),))}
-    txs = {n: optax.adamw(1e-3) for n in specs}
-    state = init_state(specs, txs, seed=3)
-    state = state.replace(step=state.step + 7, rng=jax.random.PRNGKey(11))
+    tx = optax.adamw(1e-3)
+    params = {n: init_params(spec, 3) for n, spec in specs.items()}
+    state = TrainState(step=jax.numpy.int32(7), rng=jax.random.PRNGKey(11), params=params,
+                       opt_state={n: tx.init(p) for n, p in params.items()})
     manager = checkpoint.make_manager(str(tmp_path))
     checkpoint.save(manager, state)
     manager.wait_until_finished()

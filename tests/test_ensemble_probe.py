@@ -28,7 +28,7 @@ def _config(arg="tiny"):
 def test_probe_end_to_end_and_ensemble_score(tmp_path):
     config = _config()
     summary = run(config, str(tmp_path))
-    assert len(summary["single"]["each"]) == config.ensemble_size == 2
+    assert len(summary["single"]["each"]) == config.ensemble.size == 2
     assert np.isclose(summary["single"]["accuracy"], np.mean(summary["single"]["each"]))
     assert len(summary["self_distill"]["generations"]) == 1
     for stage in ("single_0", "single_1", "kd_ensemble", "self_distill"):
@@ -54,22 +54,26 @@ def test_probe_end_to_end_and_ensemble_score(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("ensemble_size", 1, "config.ensemble_size"),
-    ("self_distill_generations", -1, "config.self_distill_generations"),
+    ("ensemble.size", 1, "config.ensemble.size"),
+    ("generations", -1, "config.generations"),
     ("steps", 0, "config.steps"),
 ])
 def test_bad_settings_fail_before_training(tmp_path, field, value, match):
     config = _config()
+    *groups, leaf = field.split(".")
     with config.unlocked():
-        config[field] = value
+        node = config
+        for g in groups:
+            node = node[g]
+        node[leaf] = value
     with pytest.raises(ConfigError, match=match):
         run(config, str(tmp_path))
     assert not os.path.exists(tmp_path / "single_0")
 
 
 def test_accelerator_variants_validate():
-    from jkd.config import validate
+    from jkd.trainers import validate
     for arg in ("cifar10", "cifar100"):
         config = _config(arg)
         validate(config)
-        assert config.ensemble_size == 10 and config.data.name == arg
+        assert config.ensemble.size == 10 and config.data.name == arg

@@ -119,10 +119,10 @@ def test_workdir_holds_a_different_model(tiny_config, teacher_dir, no_compile):
 def test_cli_reports_user_errors_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "jkd.main", "--config", os.path.join(REPO, "configs/quickstart.py"),
-         "--workdir", str(tmp_path), "--config.teacher_model.name=vit_nope4"],
+         "--workdir", str(tmp_path), "--config.teacher.model.name=vit_nope4"],
         cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "config.teacher_model.name: unknown model 'vit_nope4'" in proc.stderr
+    assert "config.teacher.model.name: unknown model 'vit_nope4'" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -408,3 +408,17 @@ def test_deit_student_exports_the_average_of_both_heads():
     heads_mean = (np.asarray(feats["cls_logits"]) + np.asarray(feats["dist_logits"])) / 2
     np.testing.assert_allclose(got, heads_mean, atol=1e-4, rtol=0)
     assert np.abs(np.asarray(feats["cls_logits"]) - np.asarray(feats["dist_logits"])).max() > 1e-2  # heads differ
+
+
+def test_mlp_student_exports_without_dropout():
+    """The MLP family (issue 14) through the model-family recipe's export step (docs/ARCHITECTURE.md):
+    eval mode exports no dropout, and onnxruntime agrees with the JAX forward."""
+    spec = ModelSpec("mlp_16x2", 10, 8, 1, kwargs=(("dropout_rate", 0.5), ("input_dropout_rate", 0.2)))
+    params = random_params(spec)
+    fn = inference_fn(export_spec(spec), params)
+    proto = to_onnx_model(fn, image_shape=(8, 8, 1))
+    assert check_tensorrt_compat(proto) == []
+    assert not {n.op_type for n in proto.graph.node} & {"RandomUniformLike", "RandomUniform", "Bernoulli", "Dropout"}
+    x = random_inputs((8, 8, 1), None, 5, seed=1)
+    np.testing.assert_allclose(ort_fn(ort_session(proto.SerializeToString()))(x), np.asarray(jax.jit(fn)(x)),
+                               atol=1e-4, rtol=0)

@@ -1,6 +1,7 @@
 """Fairness probes (issue 8): metric definitions on hand-computed cases, the last-layer Laplace
 predictive against closed forms, the generators' group proportions, class-conditional crops, the
-early-exit weights, and one tiny end-to-end run of each probe."""
+early-exit weights, the shared multi-seed trainer (jkd.probes.multiseed), the renamed fields, and
+one tiny end-to-end run of each probe (jkd.probes.spurious, jkd.probes.augmentation)."""
 import importlib.util
 import json
 import math
@@ -14,9 +15,11 @@ import pytest
 from jkd import evaluate
 from jkd.data import synthetic
 from jkd.data.augment import random_resized_crop
-from jkd.errors import ConfigError
+from jkd.errors import ConfigError, NonFiniteError
 from jkd.probes import augmentation as aug
-from jkd.probes import fairness as fair
+from jkd.probes import laplace, multiseed
+from jkd.probes import spurious as spur
+from jkd.train.state import apply_model, graphdef_and_shapes, init_params, make_optimizer, model_features
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,16 +85,16 @@ def test_laplace_precision_is_the_exact_hessian():
         return scale * ce + 0.5 * tau * (w ** 2).sum()
 
     w0 = jnp.concatenate([head["kernel"], head["bias"][None]]).reshape(-1)
-    np.testing.assert_allclose(fair.laplace_precision(phi, head, tau, scale), jax.hessian(loss)(w0), atol=1e-4)
+    np.testing.assert_allclose(laplace.laplace_precision(phi, head, tau, scale), jax.hessian(loss)(w0), atol=1e-4)
 
 
 def test_laplace_predictive_against_quadrature():
     """Two classes: the logit difference is Gaussian, so E[softmax] is a 1-d integral (Gauss-Hermite)."""
     phi, head = _tiny_logistic()
-    cov = jnp.linalg.inv(fair.laplace_precision(phi, head, 1.0))
+    cov = jnp.linalg.inv(laplace.laplace_precision(phi, head, 1.0))
     x = phi[:5]
-    mean = fair.exit_logits(head, x)
-    fcov = fair.logit_covariance(x, cov, 2)
+    mean = spur.exit_logits(head, x)
+    fcov = laplace.logit_covariance(x, cov, 2)
     # logit covariance = J cov J^T with the explicit Jacobian of f = W~^T phi~
     jac = jax.vmap(jax.jacobian(lambda w, p: jnp.concatenate([p, jnp.ones(1)]) @ w.reshape(4, 2), 0), (None, 0))(
         jnp.zeros(8), x)  # [5, K, P]
@@ -101,9 +104,9 @@ def test_laplace_predictive_against_quadrature():
     nodes, weights = np.polynomial.hermite_e.hermegauss(80)
     exact = (weights[None] * jax.nn.sigmoid(m[:, None] + np.sqrt(s2)[:, None] * nodes[None])).sum(1) / math.sqrt(
         2 * math.pi)
-    mc = fair.laplace_predictive(mean, fcov, method="mc", key=jax.random.PRNGKey(0), samples=20000)
+    mc = laplace.laplace_predictive(mean, fcov, method="mc", key=jax.random.PRNGKey(0), samples=20000)
     np.testing.assert_allclose(mc[:, 1], exact, atol=0.01)
-    probit = fair.laplace_predictive(mean, fcov, method="probit")
+    probit = laplace.laplace_predictive(mean, fcov, method="probit")
     np.testing.assert_allclose(probit[:, 1], exact, atol=0.05)  # an approximation, but close
     assert float(jnp.abs(probit[:, 1] - 0.5).max()) < float(jnp.abs(jax.nn.softmax(mean)[:, 1] - 0.5).max())
 
@@ -111,13 +114,13 @@ def test_laplace_predictive_against_quadrature():
 def test_exit_weights():
     logits = jnp.array([[3.0, 0.0], [0.0, 3.0], [0.2, 0.0]])
     labels = jnp.array([1, 1, 1])  # wrong-confident, right, wrong-unsure
-    w = fair.exit_weights(logits, labels, mode=1, beta=2.0)
+    w = spur.exit_weights(logits, labels, mode=1, beta=2.0)
     p = jax.nn.softmax(logits)
     np.testing.assert_allclose(w, [math.exp(2 * float(p[0, 0] - p[0, 1])), 1.0,
                                    math.exp(2 * float(p[2, 0] - p[2, 1]))], rtol=1e-5)
-    np.testing.assert_allclose(fair.exit_weights(logits, labels, mode=0, beta=2.0), 1.0)
+    np.testing.assert_allclose(spur.exit_weights(logits, labels, mode=0, beta=2.0), 1.0)
     uniform = jnp.full((3, 2), 0.5)  # Laplace predictive at maximum entropy: confidence 0 -> weight 1
-    np.testing.assert_allclose(fair.exit_weights(logits, labels, mode=2, beta=2.0, laplace_probs=uniform), 1.0)
+    np.testing.assert_allclose(spur.exit_weights(logits, labels, mode=2, beta=2.0, laplace_probs=uniform), 1.0)
 
 
 def test_reweighting_multiplies_the_kd_term_only_by_default():
@@ -131,17 +134,16 @@ def test_reweighting_multiplies_the_kd_term_only_by_default():
     kd_w = losses.kd_kl(logits, teacher, temperature=4.0, weights=w)
     ce, ce_w = losses.cross_entropy(logits, labels), losses.cross_entropy(logits, labels, weights=w)
     assert abs(float(ce - ce_w)) > 1e-3  # the weights matter for CE on this batch
-    got = fair.student_objective(logits, labels, teacher, w, kd_on=1.0, **kw)
+    got = spur.student_objective(logits, labels, teacher, w, kd_on=1.0, **kw)
     np.testing.assert_allclose(got, 0.9 * kd_w + 0.1 * ce, rtol=1e-6)
-    old = fair.student_objective(logits, labels, teacher, w, kd_on=1.0, terms="kd_and_ce", **kw)
+    old = spur.student_objective(logits, labels, teacher, w, kd_on=1.0, terms="kd_and_ce", **kw)
     np.testing.assert_allclose(old, 0.9 * kd_w + 0.1 * ce_w, rtol=1e-6)
-    np.testing.assert_allclose(fair.student_objective(logits, labels, teacher, w, kd_on=0.0, **kw), ce, rtol=1e-6)
-    from jkd.config import validate
+    np.testing.assert_allclose(spur.student_objective(logits, labels, teacher, w, kd_on=0.0, **kw), ce, rtol=1e-6)
     c = _config("spurious")
     assert c.reweight.terms == "kd"
     c.reweight.terms = "ce"
     with pytest.raises(ConfigError, match="config.reweight.terms"):
-        validate(c)
+        spur.check_config(c)
 
 
 # ----------------------------------------------------------------------------- generators, crops
@@ -211,46 +213,104 @@ def test_affected_pairs():
 
 def test_forward_all_shapes_and_padding():
     from jkd.config import model_config
-    spec = fair.model_spec(model_config("vit_atto4"), 3, 8, 1)
-    graph, _ = fair.graphdef_and_shapes(spec)
-    params = fair.stack([{"model": fair.init_params(spec, s)} for s in (0, 1)])
+    spec = multiseed.model_spec(model_config("vit_atto4"), 3, 8, 1)
+    graph, _ = graphdef_and_shapes(spec)
+    params = multiseed.stack([{"model": init_params(spec, s)} for s in (0, 1)])
     x = np.random.default_rng(0).uniform(size=(5, 8, 8, 1)).astype(np.float32)
-    logits, early = fair.forward_all(graph, params, x, mean=0.5, std=0.5, exit_block=0, batch=4)
+    logits, early = multiseed.forward_all(graph, params, x, mean=0.5, std=0.5, exit_block=0, batch=4)
     assert logits.shape == (2, 5, 3) and early.shape == (2, 5, 32)
-    one = fair.apply_model(graph, fair.unstack(params, 1)["model"], (jnp.asarray(x) - 0.5) / 0.5, return_features=True)
+    one = model_features(graph, multiseed.unstack(params, 1)["model"], (jnp.asarray(x) - 0.5) / 0.5)
     np.testing.assert_allclose(early[1], one["tokens"][0].mean(1), atol=1e-5)  # padding and stacking change nothing
     assert not np.allclose(early[0], early[1])  # two different models
 
 
 def test_config_errors_name_the_field():
-    from jkd.config import validate
     c = _config("spurious")
     c.student.exit_block = 1  # vit_atto4 has 2 blocks: the exit must be before the last
     with pytest.raises(ConfigError, match="config.student.exit_block"):
-        validate(c)
+        spur.check_config(c)
     c = _config("augmentation")
     c.crop.min_scales = "0.5"
     with pytest.raises(ConfigError, match="config.crop.min_scales"):
-        validate(c)
+        aug.check_config(c)
+    c = _config("spurious")
+    c.student_losses = "kd,distill"
+    with pytest.raises(ConfigError, match=r"config\.student_losses: .*unknown 'distill'"):
+        spur.check_config(c)
+    c = _config("augmentation")
+    c.student_teachers = "strong,medium"
+    with pytest.raises(ConfigError, match=r"config\.student_teachers: .*unknown 'medium'"):
+        aug.check_config(c)
+    c = _config("augmentation")
+    c.kd.weight = 1.5  # a shared teacher/student field: jkd.probes.multiseed.check_teacher_student
+    with pytest.raises(ConfigError, match=r"config\.kd\.weight: must be in \[0, 1\]"):
+        aug.check_config(c)
     c = _config("spurious", "celeb_a")
-    validate(c)  # the accelerator recipe is config-valid (data is only opened at run time)
+    spur.check_config(c)  # the accelerator recipe is config-valid (data is only opened at run time)
+    assert (_config("spurious").trainer, _config("augmentation").trainer) == ("spurious", "augmentation")
+
+
+@pytest.mark.parametrize("probe, old, value, new", [
+    ("spurious", "students", "ce,kd", "student_losses"),
+    ("augmentation", "students", "kd_from_strong,kd_from_light", "student_teachers"),
+])
+def test_renamed_fields_fail_with_the_new_name(probe, old, value, new):
+    c = _config(probe)
+    c[old] = value
+    check = {"spurious": spur.check_config, "augmentation": aug.check_config}[probe]
+    with pytest.raises(ConfigError, match=rf"config\.{old}: renamed to {new} \("):
+        check(c)
+
+
+@pytest.mark.parametrize("probe", ["spurious", "augmentation"])
+def test_probe_field_is_gone(probe):
+    c = _config(probe)
+    c.probe = probe
+    check = {"spurious": spur.check_config, "augmentation": aug.check_config}[probe]
+    with pytest.raises(ConfigError, match=r"config\.probe: removed; config\.trainer names the probe "
+                                          r"\('spurious' or 'augmentation'\)"):
+        check(c)
+
+
+def test_train_stack_stops_on_a_non_finite_loss():
+    """A diverging stack raises NonFiniteError naming desc, step and metric, at a logged step."""
+    from jkd import losses
+    from jkd.config import base_config, model_config
+    spec = multiseed.model_spec(model_config("vit_atto4"), 2, 8, 1)
+    graph, _ = graphdef_and_shapes(spec)
+    params = multiseed.stack([{"model": init_params(spec, 0)}] * 2)
+    x = np.random.default_rng(0).uniform(size=(16, 8, 8, 1)).astype(np.float32)
+    y = np.arange(16) % 2
+
+    def loss_fn(p, batch, key, aux):  # model 1's loss is scaled by inf from the start
+        logits = apply_model(graph, p["model"], batch["image"])
+        return aux * losses.cross_entropy(logits, batch["label"]), {}
+
+    opt = base_config().optimizer
+    opt.warmup_steps = 0
+    kw = dict(steps=6, batch_size=4, seed=0, log_every=3, progress=False)
+    finite, history = multiseed.train_stack(loss_fn, params, make_optimizer(opt, 6), x, y,
+                                            aux=jnp.array([1.0, 2.0]), **kw)
+    assert [h["step"] for h in history] == [3, 6] and np.isfinite(history[-1]["loss"]).all()
+    with pytest.raises(NonFiniteError, match=r"blowup: loss is (nan|inf) at step 3 \(model 1 of the stack\).*"
+                                             r"config\.optimizer\.lr"):
+        multiseed.train_stack(loss_fn, params, make_optimizer(opt, 6), x, y, aux=jnp.array([1.0, jnp.inf]),
+                              desc="blowup", **kw)
 
 
 def test_spurious_probe_end_to_end(tmp_path):
-    from jkd.main import run
     c = _config("spurious")
-    c.students = "kd,kd_margin,kd_laplace"
-    summary = run(c, str(tmp_path))
+    c.student_losses = "kd,kd_margin,kd_laplace"
+    summary = spur.run(c, str(tmp_path))
     for role in ("teacher", "kd", "kd_margin", "kd_laplace"):
         assert 0 <= summary[f"{role}/worst_group_acc"] <= summary[f"{role}/avg_acc"] <= 1
     assert summary["kd_margin/margin_weight_ratio"] > 0
     assert os.path.exists(tmp_path / "group_accuracy.png") and os.path.exists(tmp_path / "results.md")
-    assert run(c, str(tmp_path)) == json.loads((tmp_path / "summary.json").read_text())  # rerun: stored summary
+    assert spur.run(c, str(tmp_path)) == json.loads((tmp_path / "summary.json").read_text())  # rerun: stored summary
 
 
 def test_augmentation_probe_end_to_end(tmp_path):
-    from jkd.main import run
-    summary = run(_config("augmentation"), str(tmp_path))
+    summary = aug.run(_config("augmentation"), str(tmp_path))
     for policy in ("scale=0.1", "scale=1", "class_conditional", "kd_from_strong", "kd_from_light"):
         assert 0 <= summary[f"{policy}/avg_acc"] <= 1
     res = json.loads((tmp_path / "results.json").read_text())["results"]
@@ -268,15 +328,14 @@ def test_celeb_a_recipe_runs_on_tfds_mock_data(tmp_path):
     from test_tfds_data import _write_metadata
 
     from jkd.config import model_config
-    from jkd.main import run
     data_dir = str(tmp_path / "tfds")
     _write_metadata(data_dir, "celeb_a", {"train": 32, "test": 32})
     c = _config("spurious", "celeb_a")
     c.data.data_dir, c.data.image_size, c.data.num_train, c.data.num_test = data_dir, 8, 32, 32
     c.batch_size, c.teacher.steps, c.student.steps, c.optimizer.warmup_steps = 16, 2, 2, 1
     c.teacher.model, c.student.model = model_config("vit_atto4"), model_config("vit_atto4")
-    c.students, c.laplace.fit_examples, c.progress = "kd", 16, False
+    c.student_losses, c.laplace.fit_examples, c.progress = "kd", 16, False
     with tfds.testing.mock_data(num_examples=32, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=data_dir):
-        summary = run(c, str(tmp_path / "run"))
+        summary = spur.run(c, str(tmp_path / "run"))
     for role in ("teacher", "kd"):
         assert 0 <= summary[f"{role}/worst_group_acc"] <= summary[f"{role}/avg_acc"] <= 1

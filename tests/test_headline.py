@@ -36,9 +36,9 @@ def test_kd_student_beats_its_label_only_twin(tmp_path, seed):
     c = _quickstart_config()
     c.seed = seed
     c.data.image_size, c.data.labelled_fraction = 8, 0.03
-    c.teacher_model = model_config("mlp_256x2")
+    c.teacher.model = model_config("mlp_256x2")
     c.students = dict(mlp=model_config("mlp_64x1"))
-    c.steps, c.teacher_steps, c.batch_size = 200, 400, 32
+    c.steps, c.teacher.steps, c.batch_size = 200, 400, 32
     c.optimizer.warmup_steps, c.progress, c.eval_every, c.log_every, c.checkpoint_every = 20, False, 0, 100, 1000
     rows = {r["role"].split(" (")[0]: r["accuracy"] for r in run_quickstart(c, str(tmp_path))["rows"]}
     assert rows["teacher"] > 0.95, rows

@@ -16,7 +16,7 @@ from jkd.errors import ConfigError
 from jkd.main import run
 from jkd.train.loop import fit
 from jkd.train.objectives import Objective
-from jkd.train.state import ModelSpec, graphdef_and_shapes, init_params, init_state
+from jkd.train.state import ModelSpec, TrainState, graphdef_and_shapes, init_params
 from jkd.train.step import make_train_step
 
 
@@ -170,7 +170,9 @@ def _one_step(student_kwargs, objective, teacher_seeds=(100,), seed=0):
                                           jnp.float32)
         t_params.append(p)
     txs = {"s": optax.sgd(0.1)}
-    state = init_state({"s": spec}, txs, seed)
+    params = init_params(spec, seed)
+    state = TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(seed), params={"s": params},
+                       opt_state={"s": txs["s"].init(params)})
     # The student's heads too: a uniform student makes NKD's non-target term independent of the
     # teachers (CE against a uniform distribution) and its two ensemble modes equal.
     for i, head in enumerate(h for h in ("head", "head_dist") if h in state.params["s"]):
@@ -214,3 +216,31 @@ def test_multi_teacher_step_modes_differ_and_both_teachers_move_the_loss(method)
             moved = _one_step({}, obj, teacher_seeds=other)[2]["s/kd"]
             assert abs(moved - kd[ensemble]) > 1e-5, (method, ensemble, other)
     assert abs(kd["mean_probs"] - kd["mean_loss"]) > 1e-5, method
+
+
+def test_dist_step_through_resolve_objective_matches_the_loss():
+    """kd.method='dist' alone: resolve_objective gives DIST's published CIFAR form (T 4, CE + 2 DIST,
+    beta = gamma = 1), one train step runs with it, and its KD metric is losses.dist on the logits of
+    the same student and teacher on the same (unaugmented) batch."""
+    from jkd import losses
+    from jkd.train.objectives import resolve_objective
+    from jkd.train.state import apply_model
+    c = base_config()
+    c.kd.method = "dist"
+    spec = ModelSpec("vit_atto4", 10, 8, 1)
+    obj = resolve_objective(c, "s", {}, spec, [spec])
+    assert (obj.method, obj.temperature, obj.weight, obj.ce_weight, obj.dist_beta, obj.dist_gamma) == \
+        ("dist", 4.0, 2.0, 1.0, 1.0, 1.0)
+    before, after, metrics = _one_step({}, obj)
+    assert _moved(before["head"]["kernel"], after["head"]["kernel"])
+    # The teacher and the batch as _one_step builds them.
+    t_params = init_params(spec, 100)
+    t_params["head"]["kernel"] = jnp.asarray(np.random.default_rng(5).normal(size=t_params["head"]["kernel"].shape),
+                                             jnp.float32)
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(8, 8, 8, 1)), jnp.float32)
+    graphdef = graphdef_and_shapes(spec)[0]
+    loss, parts = losses.dist(apply_model(graphdef, before, images), apply_model(graphdef, t_params, images),
+                              temperature=4.0)
+    assert metrics["s/kd"] == pytest.approx(float(loss), rel=1e-5)
+    assert metrics["s/dist_inter"] == pytest.approx(float(parts["dist_inter"]), rel=1e-5)
+    assert metrics["s/loss"] == pytest.approx(metrics["s/ce"] + 2.0 * metrics["s/kd"], rel=1e-5)

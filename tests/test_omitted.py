@@ -11,11 +11,11 @@ import onnx
 import pytest
 
 from jkd import evaluate
-from jkd.config import validate
+from jkd.trainers import validate
 from jkd.data import make_data
 from jkd.errors import ConfigError
 from jkd.models import create_model, parse_model_name
-from jkd.probes.fairness import _depth, early_features
+from jkd.probes.multiseed import early_features, feature_depth
 from jkd.sweep import load_config
 from jkd.train.quickstart import stage_configs
 from jkd.train.state import ModelSpec
@@ -53,8 +53,8 @@ def test_mlp_forward_features_and_dropout():
     assert not np.allclose(a, logits) and not np.allclose(a, b)  # training mode draws dropout masks
     plain = create_model("mlp_16x3", num_classes=10, image_size=8, in_channels=1)
     np.testing.assert_allclose(plain(x, key=jax.random.key(1)), plain(x))  # rate 0: the key changes nothing
-    # The fairness probe's early exit reads an MLP's hidden layers.
-    assert _depth("mlp_16x3") == 3
+    # The spurious probe's early exit reads an MLP's hidden layers.
+    assert feature_depth("mlp_16x3") == 3
     assert early_features(feats, 1).shape == (4, 16)
 
 
@@ -190,7 +190,7 @@ def test_omitted_recipe_end_to_end(tmp_path):
     label-only twin gets none (before any shift) and the teacher knows the digit."""
     from jkd.main import run
     c = load_config(RECIPE)
-    c.steps, c.teacher_steps, c.optimizer.warmup_steps, c.progress = 150, 150, 10, False
+    c.steps, c.teacher.steps, c.optimizer.warmup_steps, c.progress = 150, 150, 10, False
     c.eval_every, c.checkpoint_every = 150, 150
     workdir = str(tmp_path / "om")
     summary = run(c, workdir)

@@ -13,7 +13,7 @@ from flax import nnx
 
 import ml_collections
 
-from jkd import bench
+from jkd import bench, flops
 from jkd.errors import ConfigError
 from jkd.models import check_model, create_model
 from jkd.models.vit import _padded_attention
@@ -111,7 +111,7 @@ def test_flop_counter_matches_published_and_xla():
     # Published forward cost in multiply-adds (timm / papers): ViT-S/16 4.6G, ViT-B/16 17.6G,
     # ViT-L/16 61.6G, ConvNeXt-T 4.5G at 224 px, 1000 classes.
     for name, gmac in [("vit_s16", 4.6), ("vit_b16", 17.6), ("vit_l16", 61.6), ("convnext_t", 4.5)]:
-        assert bench.forward_flops(ModelSpec(name, 1000, 224, 3)) / 2e9 == pytest.approx(gmac, rel=0.02), name
+        assert flops.forward_flops(ModelSpec(name, 1000, 224, 3)) / 2e9 == pytest.approx(gmac, rel=0.02), name
     # XLA's count of the compiled forward: the matmuls plus the LayerNorm/GELU/softmax work the
     # counter leaves out (large next to the narrow matmuls of a test-size model). ConvNeXt is covered
     # by the published figure above (its XLA cross-check, 1.31x for convnext_zepto at 16 px, costs a
@@ -120,7 +120,7 @@ def test_flop_counter_matches_published_and_xla():
     graphdef = graphdef_and_shapes(spec)[0]
     x = jnp.zeros((8, 16, 16, 3))
     compiled = jax.jit(lambda p: apply_model(graphdef, p, x)).lower(init_params(spec, 0)).compile()
-    ratio = bench.xla_flops(compiled) / (8 * bench.forward_flops(spec))
+    ratio = flops.xla_flops(compiled) / (8 * flops.forward_flops(spec))
     assert 1.0 <= ratio < 1.3, ratio
 
 
@@ -143,7 +143,7 @@ def test_bench_cli_end_to_end(tmp_path, capsys):
     assert peer_rec["teacher"] == "tiny_t" and peer_rec["batch"] == 8
     assert rec["finite"] and rec["img_per_s"] > 0 and rec["step_ms"] > 0 and 0 < rec["mfu"]
     assert rec["model_gflop_per_img"] == pytest.approx(
-        bench.train_step_flops([ModelSpec("vit_atto4", 10, 8, 1)], [ModelSpec("vit_atto4", 10, 8, 1)]) / 1e9, rel=1e-3)
+        flops.train_step_flops([ModelSpec("vit_atto4", 10, 8, 1)], [ModelSpec("vit_atto4", 10, 8, 1)]) / 1e9, rel=1e-3)
     assert ratio["ratio"] == pytest.approx(rec["img_per_s"] / 100.0, rel=1e-2)
 
 

@@ -30,7 +30,7 @@ from jkd.checkpoint import load_teacher, read_run_info
 from jkd.errors import ConfigError
 from jkd.models.vit import resize_pos_embed
 from jkd.pretrained import load_pretrained_vit, main, read_weights
-from jkd.train.state import ModelSpec, apply_model, graphdef_and_shapes
+from jkd.train.state import ModelSpec, graphdef_and_shapes, model_features
 
 SIZE, PATCH, WIDTH, HEADS, CLASSES = 16, 4, 32, 2, 5  # vit_atto4: 4x4 patches, 2 blocks
 
@@ -59,7 +59,7 @@ def _graphdef(spec):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _apply(graphdef, params, images):  # one compile per variant: much faster than op-by-op on 2 cores
-    return apply_model(graphdef, params, images, return_features=True)
+    return model_features(graphdef, params, images)
 
 
 def _features(spec, params, images=_IMAGES):

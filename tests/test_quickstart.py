@@ -10,7 +10,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_quickstart_smoke(tmp_path):
     workdir = str(tmp_path / "q")
     cmd = [sys.executable, "-m", "jkd.main", "--config", os.path.join(REPO, "configs/quickstart.py"),
-           "--workdir", workdir, "--config.steps=3", "--config.teacher_steps=3",
+           "--workdir", workdir, "--config.steps=3", "--config.teacher.steps=3",
            "--config.optimizer.warmup_steps=1", "--config.progress=False"]
     # One CPU device, as on a user's laptop (the conftest's 8 fake devices only slow compiling here).
     env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "").replace(

@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
 
-from jkd.config import validate
+from jkd.trainers import validate
 from jkd.main import run
 from jkd.models import count_params
 from jkd.train.supervised import model_spec

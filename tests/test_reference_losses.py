@@ -13,6 +13,9 @@ inputs to jkd (float32) and compares value and jax.grad with rtol = atol = 1e-5:
   deit      cross_entropy + kd_kl / hard_kd        DeiT losses.py DistillationLoss, soft and hard
   ensemble  objectives.teacher_targets, kd_term    the formulas with the teachers' mean probabilities
                                                    (mean_probs) or the mean of per-teacher losses
+  dist      jkd.losses.dist, kd_term               DIST_KD's DIST (image_classification_sota dist_kd.py):
+                                                   tau 4 / 1 / 2, a far sharper teacher, a uniform
+                                                   student row; torchdistill's DISTLoss; three teachers
 
 DeiT's soft term divides the summed KL by outputs.numel() = B * K, the paper's formula by B: jkd's DeiT
 objective follows the code by default (kd.deit_soft_scale='reference'), and losses.kd_kl is the
@@ -306,3 +309,54 @@ def test_kd_term_ensemble_matches_reference(tag, method, mode):
     assert set(parts) == set(expected_parts), (set(parts), set(expected_parts))
     for name, ref in expected_parts.items():
         close(parts[name], ref, f"part {name}")
+
+
+# -------------------------------------------------------------------------------------------- DIST
+@pytest.mark.parametrize("case", ["cifar", "imagenet", "weighted", "sharp_t1", "sharp_t4", "uniform"])
+def test_dist_matches_dist_kd(case):
+    """losses.dist == DIST_KD's DIST(beta, gamma, tau); parts dist_inter / dist_intra == DIST with
+    (beta, gamma) = (1, 0) / (0, 1). 'uniform': a student row with zero variance, where the reference's
+    eps sets a gradient of order 1e6 (jkd's norm has torch's zero subgradient there, not NaN)."""
+    f = load("dist")
+    p = lambda k: float(f[f"{case}/{k}"])  # noqa: E731
+    t = f32(f[f"{case}/teacher"])
+
+    def fn(z):
+        return losses.dist(z, t, temperature=p("tau"), beta=p("beta"), gamma=p("gamma"))
+
+    (value, parts), grad = jax.value_and_grad(fn, has_aux=True)(f32(f[f"{case}/student"]))
+    close(value, f[f"{case}/loss"], "loss")
+    close(parts["dist_inter"], f[f"{case}/inter"], "inter part")
+    close(parts["dist_intra"], f[f"{case}/intra"], "intra part")
+    assert np.isfinite(np.asarray(grad)).all()
+    close(grad, f[f"{case}/grad_loss"], "grad")
+
+
+def test_dist_matches_torchdistill():
+    """The same loss from a second implementation: torchdistill's DISTLoss, tau 4, beta = gamma = 1."""
+    f = load("dist")
+    t = f32(f["cifar/teacher"])
+    value, grad = jax.value_and_grad(lambda z: losses.dist(z, t, temperature=4.0)[0])(f32(f["cifar/student"]))
+    close(value, f["torchdistill/loss"], "torchdistill DISTLoss")
+    close(grad, f["torchdistill/grad_loss"], "torchdistill DISTLoss gradient")
+
+
+@pytest.mark.parametrize("mode", ["mean_probs", "mean_loss"])
+def test_dist_kd_term_matches_reference(mode):
+    """kd_term(method='dist'): one teacher == DIST; three teachers: mean_probs == DIST with y_t = the
+    teachers' mean probabilities at tau, mean_loss == the mean of the per-teacher DIST losses."""
+    f = load("dist")
+    tau, beta, gamma = (float(f[f"ensemble/{k}"]) for k in ("tau", "beta", "gamma"))
+    obj = Objective(method="dist", temperature=tau, dist_beta=beta, dist_gamma=gamma, ensemble=mode)
+    y = i32(np.zeros(f["student"].shape[0]))  # DIST uses no target class
+
+    def fn(teachers):
+        return lambda z: kd_term(obj, z, teachers, y, 0)
+
+    (value, parts), grad = jax.value_and_grad(fn(f32(f["cifar/teacher"])[None]), has_aux=True)(f32(f["student"]))
+    close(value, f["cifar/loss"], "one teacher")
+    close(grad, f["cifar/grad_loss"], "one teacher grad")
+    close(parts["dist_inter"], f["cifar/inter"], "one teacher inter")
+    (value, _), grad = jax.value_and_grad(fn(f32(f["ensemble/teachers"])), has_aux=True)(f32(f["student"]))
+    close(value, f[f"ensemble/{mode}/loss"], "three teachers")
+    close(grad, f[f"ensemble/{mode}/grad_loss"], "three teachers grad")

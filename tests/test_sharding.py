@@ -26,7 +26,8 @@ def _distill_run(config, workdir, mesh_shape, devices):
     specs = {n: model_spec(e, config, data.num_classes) for n, e in config.students.items()}
     teacher_spec = ModelSpec("vit_femto4", data.num_classes, 8, 1)
     teacher = (teacher_spec, graphdef_and_shapes(teacher_spec)[0], init_params(teacher_spec, 7))
-    summary, state = fit(config, workdir, specs=specs, data=data, teachers=(teacher,), devices=devices)
+    summary, state = fit(config, workdir, specs=specs, data=data, teachers=(teacher,),
+                         mesh=sharding.make_mesh(config.mesh, devices))
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         losses = [{k: v for k, v in json.loads(line).items() if k.endswith("/loss")} for line in f
                   if json.loads(line)["split"] == "train"]

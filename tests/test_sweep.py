@@ -159,9 +159,9 @@ def test_quickstart_sweep_over_two_fields(tmp_path):
     quickstart = os.path.join(REPO, "configs/hinton_omitted.py")
     argv = ["--config", f"{quickstart}:none", "--workdir", str(tmp_path), "--sweep", "kd.temperature=2,4",
             "--sweep", "seed=0:1", "--metrics", "accuracy"]
-    for s in ("steps=12", "teacher_steps=12", "optimizer.warmup_steps=2", "progress=False", "eval_every=12",
+    for s in ("steps=12", "teacher.steps=12", "optimizer.warmup_steps=2", "progress=False", "eval_every=12",
               "checkpoint_every=12", "students.mlp800.name=mlp_16x2", "students.mlp30.name=mlp_8x2",
-              "teacher_model.name=mlp_32x2"):
+              "teacher.model.name=mlp_32x2"):
         argv += ["--set", s]
     sweep.main(argv)
     records = [json.loads(line) for line in open(tmp_path / "results.jsonl")]

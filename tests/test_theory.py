@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from jkd.data import multiview
-from jkd.errors import ConfigError
+from jkd.errors import ConfigError, NonFiniteError
 from jkd.models import theory as tm
 from jkd.probes import theory as th
+from jkd.probes import theory_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs/theory/multiview.py")
@@ -157,7 +158,7 @@ def test_view_correlations_pick_each_class_own_views():
     w = jnp.zeros((3, 2, 8)).at[1, 0].set(2.0 * views[3]).at[1, 1].set(0.5 * views[2])
     corr = tm.view_correlations({"w": w}, views)
     np.testing.assert_allclose(corr, [[0, 0], [0.5, 2.0], [0, 0]])
-    learned = th.views_learned(np.asarray(corr)[None], 0.5, 0.1)
+    learned = theory_report.views_learned(np.asarray(corr)[None], 0.5, 0.1)
     np.testing.assert_array_equal(learned[0], [[False, False], [False, True], [False, False]])
 
 
@@ -183,6 +184,23 @@ def test_vmap_over_seeds_equals_per_seed_training(variant, teacher, batch):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b[0], rtol=2e-5, atol=1e-6), together, alone)
 
 
+def test_train_models_stops_on_a_non_finite_loss():
+    """A diverging run raises NonFiniteError naming desc, the step and the loss. (A large finite lr
+    does not do it here: cross-entropy saturates at 0; an infinite one overflows the weights.)"""
+    c = _config().data
+    c.update(dict(num_classes=3, dim=16, num_patches=4, num_train=24))
+    data = multiview.make_multiview(c, seed=0)
+    mc = tm.ModelCfg(variant="net", q=3, varrho=1.0, init_std=0.1, channels=2)
+    params, frozen = th.init_models(jax.random.PRNGKey(0), mc, 2, num_classes=3, dim=16)
+    kw = dict(steps=40, batch_size=0, chunk=10, progress=False)
+    _, history = th.train_models(params, frozen, data.train["x"], data.train["label"], mc, lr=0.5, **kw)
+    assert len(history) == 4 and np.isfinite(history).all()
+    with pytest.raises(NonFiniteError, match=r"net: 2 single models: the loss is (nan|inf) at step 10; .*"
+                                             r"config\.net\.lr"):
+        th.train_models(params, frozen, data.train["x"], data.train["label"], mc, lr=float("inf"),
+                        desc="net: 2 single models", **kw)
+
+
 def test_average_members_combine():
     mc = tm.ModelCfg(variant="net", q=3, varrho=1.0, init_std=0.5, channels=2)
     params, frozen = th.init_models(jax.random.PRNGKey(0), mc, 1, num_classes=3, dim=8, members=4)
@@ -200,15 +218,33 @@ def test_bad_theory_config_fails_before_any_work(tmp_path, monkeypatch):
         raise AssertionError("work started before the bad config was reported")
     monkeypatch.setattr(th, "make_multiview", refuse)
     monkeypatch.setattr(th, "train_models", refuse)
-    cases = [("model.q", 2, r"config\.model\.q: .* >= 3"), ("methods", "single,bagging", r"config\.methods"),
-             ("kd.students", 9, r"config\.kd\.students"), ("data.dim", 7, r"config\.data\.dim"),
-             ("ensemble.average", "votes", r"config\.ensemble\.average"), ("variants", "", r"config\.variants")]
+    cases = [("net.q", 2, r"config\.net\.q: .* >= 3"), ("methods", "single,bagging", r"config\.methods"),
+             ("kd.num_students", 9, r"config\.kd\.num_students"), ("data.dim", 7, r"config\.data\.dim"),
+             ("ensemble.average", "votes", r"config\.ensemble\.average"), ("variants", "", r"config\.variants"),
+             ("net.batch_size", 101, r"config\.net\.batch_size"), ("log_every", 0, r"config\.log_every")]
     for field, value, message in cases:
         c = _config()
         section, _, name = field.rpartition(".")
         (c[section] if section else c)[name] = value
         with pytest.raises(ConfigError, match=message):
-            th.run_theory(c, str(tmp_path))
+            th.run(c, str(tmp_path))
+
+
+@pytest.mark.parametrize("old, value, new", [
+    ("model.channels", 2, "net.channels"), ("model.q", 3, "net.q"), ("model.varrho", 2.0, "net.varrho"),
+    ("model.init_std", 0.005, "net.init_std"), ("train.steps", 300, "net.steps"), ("train.lr", 30.0, "net.lr"),
+    ("train.batch_size", 0, "net.batch_size"), ("train.log_every", 100, "log_every"),
+    ("kd.students", 2, "kd.num_students"),
+])
+def test_renamed_theory_fields_fail_with_the_new_name(old, value, new):
+    import ml_collections
+    c = _config()
+    section, _, name = old.rpartition(".")
+    if section not in c:
+        c[section] = ml_collections.ConfigDict()
+    c[section][name] = value
+    with pytest.raises(ConfigError, match=rf"config\.{old}: renamed to {new} \("):
+        th.check_config(c)
 
 
 def test_cli_reports_bad_theory_config_without_traceback(tmp_path):
@@ -224,7 +260,7 @@ def test_tiny_probe_end_to_end(tmp_path):
     single-view data (each single model misses one view of some classes)."""
     c = _config()
     c.variants, c.methods = "net", "single,ensemble,kd"
-    summary = th.run_theory(c, str(tmp_path))
+    summary = th.run(c, str(tmp_path))
     assert summary["net/single/train_acc"] > 0.95
     assert summary["net/single/multi_view_acc"] > 0.9
     assert summary["net/ensemble/single_view_acc"] > summary["net/single/single_view_acc"] + 0.03
@@ -234,8 +270,8 @@ def test_tiny_probe_end_to_end(tmp_path):
     with open(tmp_path / "results.json") as f:
         res = json.load(f)["results"]["net"]
     assert np.asarray(res["single"]["views"]).shape == (c.ensemble.size, 4, 2)
-    assert len(res["kd"]["acc"]["single_view"]) == c.kd.students
+    assert len(res["kd"]["acc"]["single_view"]) == c.kd.num_students
     # rerunning the same config reports the stored summary without training
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(th, "train_models", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
-        assert th.run_theory(c, str(tmp_path)) == summary
+        assert th.run(c, str(tmp_path)) == summary

@@ -22,8 +22,7 @@ from jkd.config import base_config, model_config
 
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
-    c.trainer = "fairness"
-    c.probe = "augmentation"
+    c.trainer = "augmentation"      # jkd/probes/augmentation.py
     c.seed = 0                      # data, inits, batches, crops
     c.progress = True
     c.batch_size = 64
@@ -57,7 +56,8 @@ def get_config(arg=None):
     c.student.model = model_config("vit_atto4")
     c.student.steps = 600
     c.student.min_scale = 1.0       # the KD students' (light) crops
-    c.students = "kd_from_strong,kd_from_light"
+    c.student_teachers = "strong,light"  # one KD student per teacher: the strongest- / lightest-crop model
+                                    # (summary keys kd_from_strong/..., kd_from_light/...)
 
     c.kd = ml_collections.ConfigDict()
     c.kd.temperature = 4.0

@@ -24,8 +24,7 @@ from jkd.config import base_config, model_config
 
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
-    c.trainer = "fairness"
-    c.probe = "spurious"
+    c.trainer = "spurious"          # jkd/probes/spurious.py
     c.seed = 0                      # data, inits, batches
     c.progress = True               # tqdm bars and the printed table
     c.batch_size = 64
@@ -56,7 +55,7 @@ def get_config(arg=None):
     c.student.model = model_config("vit_atto4")
     c.student.steps = 400
     c.student.exit_block = 0        # the early exit reads this block's tokens (ViT) / stage (ConvNeXt)
-    c.students = "ce,kd,kd_margin,kd_laplace"  # trained together, same init and batches
+    c.student_losses = "ce,kd,kd_margin,kd_laplace"  # one student per loss, trained together (same init, batches)
 
     c.kd = ml_collections.ConfigDict()
     c.kd.temperature = 4.0          # Hinton T (T^2 KL)

@@ -28,6 +28,7 @@ def get_config(arg=None):
     c.progress = True               # tqdm bars and the printed table
     c.variants = "net,rf,ntk"       # models: net (analysed), rf (random features), ntk (linearised net)
     c.methods = "single,ensemble,kd,self_distill,average,wide"
+    c.log_every = 100               # loss to metrics.jsonl (also the length of one compiled scan)
 
     c.data = ml_collections.ConfigDict()
     c.data.seed = -1                # -1: follow config.seed
@@ -48,11 +49,14 @@ def get_config(arg=None):
     c.data.noise_norm = 0.0         # > 0: noise_std = noise_norm / sqrt(d), the same noise norm at any d (d sweeps)
     c.data.noise_orthogonal = True  # remove the noise's component along the views (large-d limit)
 
-    c.model = ml_collections.ConfigDict()   # the analysed net (variant 'net')
-    c.model.channels = 2            # m channels per class
-    c.model.q = 3                   # smoothed ReLU power (>= 3)
-    c.model.varrho = 2.0            # smoothed ReLU threshold: polynomial below, linear above
-    c.model.init_std = 0.005        # sigma_0: small init, so that learning is a race between views
+    c.net = ml_collections.ConfigDict()     # the analysed net (variant 'net') and its optimiser: plain (S)GD
+    c.net.channels = 2              # m channels per class
+    c.net.q = 3                     # smoothed ReLU power (>= 3)
+    c.net.varrho = 2.0              # smoothed ReLU threshold: polynomial below, linear above
+    c.net.init_std = 0.005          # sigma_0: small init, so that learning is a race between views
+    c.net.steps = 1000
+    c.net.lr = 30.0                 # large but stable: gradients are means over N of O(1) terms
+    c.net.batch_size = 0            # 0 = full-batch GD; > 0: SGD minibatch (for rf and ntk too)
 
     c.rf = ml_collections.ConfigDict()      # random features: frozen first layer, trained readout
     c.rf.features = 400             # M random smoothed-ReLU features
@@ -65,18 +69,12 @@ def get_config(arg=None):
     c.ntk.lr = 10.0
     c.ntk.steps = 1000
 
-    c.train = ml_collections.ConfigDict()   # the net's optimiser: plain (S)GD, as in the theory
-    c.train.steps = 1000
-    c.train.lr = 30.0               # large but stable: gradients are means over N of O(1) terms
-    c.train.batch_size = 0          # 0 = full-batch GD
-    c.train.log_every = 100         # loss to metrics.jsonl (also the length of one compiled scan)
-
     c.ensemble = ml_collections.ConfigDict()
     c.ensemble.size = 5             # L independently initialised single models (and average members)
     c.ensemble.average = "logits"   # 'logits' or 'probs' (KD target: the members' mean softmax at kd.temperature)
 
     c.kd = ml_collections.ConfigDict()
-    c.kd.students = 5               # KD students (from the ensemble) and self-distilled students
+    c.kd.num_students = 5           # KD students (from the ensemble) and self-distilled students
     c.kd.temperature = 4.0          # Hinton T (T^2 KL)
     c.kd.weight = 0.9               # loss = weight * KD + (1 - weight) * CE(labels)
 
@@ -87,9 +85,9 @@ def get_config(arg=None):
         c.data.update(dict(num_classes=4, dim=64, num_patches=8, view_patches=1, num_train=100, num_test=200,
                            noise_std=0.2))
         c.rf.features = 64
-        c.train.steps = c.rf.steps = c.ntk.steps = 300
+        c.net.steps = c.rf.steps = c.ntk.steps = 300
         c.ensemble.size = 4
-        c.kd.students = 2
+        c.kd.num_students = 2
         c.progress = False
     elif arg is not None:
         raise ValueError(f"configs/theory/multiview.py: unknown arg {arg!r} (known: tiny)")

@@ -35,17 +35,14 @@ import dataclasses
 
 import numpy as np
 
+from jkd import checks
 from jkd.errors import ConfigError
 
 
 def check_config(cfg, field: str = "config.data") -> None:
     """Reject impossible data settings before anything is generated (ConfigError naming the field)."""
-    def positive_int(name):
-        v = cfg[name]
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ConfigError(f"{field}.{name}: must be a positive integer, got {v!r}")
-    for name in ("num_classes", "dim", "num_patches", "view_patches", "num_train", "num_test"):
-        positive_int(name)
+    checks.positive_ints(cfg, "num_classes", "dim", "num_patches", "view_patches", "num_train", "num_test",
+                         root=field)
     k, d = cfg.num_classes, cfg.dim
     if k < 2:
         raise ConfigError(f"{field}.num_classes: need at least 2 classes, got {k}")

@@ -1,4 +1,4 @@
-"""Synthetic image datasets for the fairness probes (jkd/probes/fairness.py, augmentation.py).
+"""Synthetic image datasets for the fairness probes (jkd/probes/spurious.py, augmentation.py).
 
 Both generators are pure numpy functions of (sizes, seed): the same call gives the same images.
 Images are float32 in [0, 1], [N, H, W, C]; labels int32 [N].

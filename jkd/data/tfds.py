@@ -129,6 +129,85 @@ def kept_indices(name: str, split: str, exclude_classes, data_dir: str | None = 
     return _kept_indices(name, split, tuple(sorted(int(c) for c in exclude_classes)), data_dir)
 
 
+def _resolve_processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    """(process_index, process_count) as ints, defaulting to jax.process_index() / process_count()."""
+    if process_index is None or process_count is None:
+        import jax  # deferred: only needed for the defaults
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    return int(process_index), int(process_count)
+
+
+def _check_batch_args(p_idx: int, p_cnt: int, global_batch_size: int, image_size: int, channels: int,
+                      mean, std, field_prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """The cheap validation (no data opened) -> (mean, std), each float32 [1] or [channels]."""
+    if p_cnt < 1 or not 0 <= p_idx < p_cnt:
+        raise ConfigError(f"process_index={p_idx} must be in [0, process_count={p_cnt})")
+    if global_batch_size < 1 or global_batch_size % p_cnt:
+        raise ConfigError(f"config.batch_size (or eval_batch_size): {global_batch_size} must be a positive "
+                          f"multiple of the process count {p_cnt}")
+    if image_size < 1:
+        raise ConfigError(f"{field_prefix}.image_size: must be positive, got {image_size}")
+    if channels not in (1, 3):
+        raise ConfigError(f"{field_prefix}.channels: must be 1 or 3, got {channels}")
+    mean_a = _channel_stats(mean, channels, f"{field_prefix}.mean")
+    std_a = _channel_stats(std, channels, f"{field_prefix}.std")
+    if np.any(std_a == 0):
+        raise ConfigError(f"{field_prefix}.std: must be non-zero, got {list(std_a)}")
+    return mean_a, std_a
+
+
+def _open_source(name: str, split: str, data_dir: str | None, exclude_classes, field_prefix: str,
+                 split_field: str):
+    """The split's random-access record source (records of exclude_classes left out)."""
+    info = dataset_info(name, data_dir, field=f"{field_prefix}.name")
+    _check_split(info, name, split, split_field)
+    try:  # download=False: never start a multi-GB download/generation from a training job
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # not prepared, TFRECORD-only, bad slice, ...
+        raise ConfigError(f"{field_prefix}.data_dir: cannot open TFDS {name!r} split {split!r} "
+                          f"(data_dir={data_dir!r}) for random access: {e}. Prepare it with `tfds "
+                          f"build {name} --file_format=array_record`.") from e
+    if exclude_classes:
+        source = _Subset(source, kept_indices(name, split, exclude_classes, data_dir))
+    return source
+
+
+def _train_batches(source, prep, *, seed: int, p_idx: int, p_cnt: int, b_local: int) -> grain.MapDataset:
+    """Infinite shuffled batches of this process's shard; prep: record -> {'image', 'label'}."""
+    n = len(source)
+    ds = grain.MapDataset.source(source)
+    # Hash the user seed: grain reseeds epoch e with (seed + e), so raw seeds s and s+1 would
+    # replay each other's epochs shifted by one.
+    ds = ds.shuffle(seed=int(np.random.SeedSequence(seed).generate_state(1)[0]))
+    # Shard the (per-epoch) permutation, keeping n // p_cnt examples per process; slicing keeps
+    # the epoch offset, so repeat() reshuffles every epoch and shards stay disjoint within it.
+    ds = ds[p_idx:(n // p_cnt) * p_cnt:p_cnt].repeat()
+    # Batches may straddle an epoch boundary: no example is dropped and len(ds) is unbounded.
+    return ds.map(prep).batch(b_local, drop_remainder=True)
+
+
+def _eval_batches(source, prep, *, p_idx: int, p_cnt: int, b_local: int, global_batch_size: int, split: str,
+                  drop_remainder: bool, image_shape: tuple) -> grain.MapDataset:
+    """One ordered pass over this process's shard, with 'mask' float32 (1 real, 0 padding); padded
+    with blank examples (image zeros `image_shape` [H, W, C]) to the same batch count on every process."""
+    n = len(source)
+    ds = grain.MapDataset.source(source)
+    ds = ds[p_idx:n if not drop_remainder else (n // p_cnt) * p_cnt:p_cnt].map(
+        lambda ex: {**prep(ex), "mask": np.float32(1.0)})
+    per_proc = math.ceil(n / p_cnt) if not drop_remainder else n // p_cnt
+    num_batches = math.ceil(per_proc / b_local) if not drop_remainder else per_proc // b_local
+    if num_batches == 0:
+        raise ConfigError(f"config.batch_size (or eval_batch_size): {global_batch_size} exceeds the "
+                          f"{n} examples of {split!r} with drop_remainder=True")
+    pad = num_batches * b_local - len(ds)
+    if pad > 0:  # same batch count on every process; padding is masked out of the metrics
+        blank = {"image": np.zeros(image_shape, np.float32), "label": np.int32(0), "mask": np.float32(0.0)}
+        ds = grain.MapDataset.concatenate([ds, grain.MapDataset.range(pad).map(lambda _: blank)])
+    return ds.batch(b_local, drop_remainder=drop_remainder)
+
+
 def make_tfds_batches(name: str, split: str, *, global_batch_size: int, image_size: int,
                       channels: int, mean, std, seed: int, shuffle: bool,
                       data_dir: str | None = None, process_index: int | None = None,
@@ -146,37 +225,12 @@ def make_tfds_batches(name: str, split: str, *, global_batch_size: int, image_si
     last batch is padded. Every process gets the same number of batches (SPMD steps stay in lockstep)
     and disjoint examples: the record index space is sharded before batching.
     """
-    if process_index is None or process_count is None:
-        import jax  # deferred: only needed for the defaults
-
-        process_index = jax.process_index() if process_index is None else process_index
-        process_count = jax.process_count() if process_count is None else process_count
-    p_idx, p_cnt = int(process_index), int(process_count)
+    p_idx, p_cnt = _resolve_processes(process_index, process_count)
     split_field = split_field or f"{field_prefix}.{'train_split' if shuffle else 'eval_split'}"
     # All cheap validation first, before any data is opened.
-    if p_cnt < 1 or not 0 <= p_idx < p_cnt:
-        raise ConfigError(f"process_index={p_idx} must be in [0, process_count={p_cnt})")
-    if global_batch_size < 1 or global_batch_size % p_cnt:
-        raise ConfigError(f"config.batch_size (or eval_batch_size): {global_batch_size} must be a positive "
-                          f"multiple of the process count {p_cnt}")
-    if image_size < 1:
-        raise ConfigError(f"{field_prefix}.image_size: must be positive, got {image_size}")
-    if channels not in (1, 3):
-        raise ConfigError(f"{field_prefix}.channels: must be 1 or 3, got {channels}")
-    mean_a = _channel_stats(mean, channels, f"{field_prefix}.mean")
-    std_a = _channel_stats(std, channels, f"{field_prefix}.std")
-    if np.any(std_a == 0):
-        raise ConfigError(f"{field_prefix}.std: must be non-zero, got {list(std_a)}")
-    info = dataset_info(name, data_dir, field=f"{field_prefix}.name")
-    _check_split(info, name, split, split_field)
-    try:  # download=False: never start a multi-GB download/generation from a training job
-        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except Exception as e:  # not prepared, TFRECORD-only, bad slice, ...
-        raise ConfigError(f"{field_prefix}.data_dir: cannot open TFDS {name!r} split {split!r} "
-                          f"(data_dir={data_dir!r}) for random access: {e}. Prepare it with `tfds "
-                          f"build {name} --file_format=array_record`.") from e
-    if exclude_classes:
-        source = _Subset(source, kept_indices(name, split, exclude_classes, data_dir))
+    mean_a, std_a = _check_batch_args(p_idx, p_cnt, global_batch_size, image_size, channels, mean, std,
+                                      field_prefix)
+    source = _open_source(name, split, data_dir, exclude_classes, field_prefix, split_field)
     n, b_local = len(source), global_batch_size // p_cnt
     if n < p_cnt:
         raise ConfigError(f"{split_field}: {n} examples cannot be split across {p_cnt} processes")
@@ -185,29 +239,11 @@ def make_tfds_batches(name: str, split: str, *, global_batch_size: int, image_si
         return {"image": _preprocess(ex["image"], image_size, channels, mean_a, std_a),
                 "label": np.int32(ex["label"])}
 
-    ds = grain.MapDataset.source(source)
     if shuffle:
-        # Hash the user seed: grain reseeds epoch e with (seed + e), so raw seeds s and s+1 would
-        # replay each other's epochs shifted by one.
-        ds = ds.shuffle(seed=int(np.random.SeedSequence(seed).generate_state(1)[0]))
-        # Shard the (per-epoch) permutation, keeping n // p_cnt examples per process; slicing keeps
-        # the epoch offset, so repeat() reshuffles every epoch and shards stay disjoint within it.
-        ds = ds[p_idx:(n // p_cnt) * p_cnt:p_cnt].repeat()
-        # Batches may straddle an epoch boundary: no example is dropped and len(ds) is unbounded.
-        return ds.map(prep).batch(b_local, drop_remainder=True)
-    ds = ds[p_idx:n if not drop_remainder else (n // p_cnt) * p_cnt:p_cnt].map(
-        lambda ex: {**prep(ex), "mask": np.float32(1.0)})
-    per_proc = math.ceil(n / p_cnt) if not drop_remainder else n // p_cnt
-    num_batches = math.ceil(per_proc / b_local) if not drop_remainder else per_proc // b_local
-    if num_batches == 0:
-        raise ConfigError(f"config.batch_size (or eval_batch_size): {global_batch_size} exceeds the "
-                          f"{n} examples of {split!r} with drop_remainder=True")
-    pad = num_batches * b_local - len(ds)
-    if pad > 0:  # same batch count on every process; padding is masked out of the metrics
-        blank = {"image": np.zeros((image_size, image_size, channels), np.float32),
-                 "label": np.int32(0), "mask": np.float32(0.0)}
-        ds = grain.MapDataset.concatenate([ds, grain.MapDataset.range(pad).map(lambda _: blank)])
-    return ds.batch(b_local, drop_remainder=drop_remainder)
+        return _train_batches(source, prep, seed=seed, p_idx=p_idx, p_cnt=p_cnt, b_local=b_local)
+    return _eval_batches(source, prep, p_idx=p_idx, p_cnt=p_cnt, b_local=b_local,
+                         global_batch_size=global_batch_size, split=split, drop_remainder=drop_remainder,
+                         image_shape=(image_size, image_size, channels))
 
 
 def iterate(batches: grain.MapDataset, start_step: int = 0, num_steps: int | None = None,

@@ -126,9 +126,34 @@ def export(workdir: str, student: str | None = None, *, format: str = "onnx", ba
     <artifact>.export.json. Raises ConfigError (user mistake), ParityError, TensorRTCompatError,
     TensorRTError or ExportError; on any of them no artifact is left at the output paths.
     """
-    import jax
-
     log = log or (lambda *a, **k: None)
+    _preflight(format, batch, dtype, atol, max_batch, opset, trt_max_opset)
+    timings = {}
+    st, onnx_path, engine_path, jax_fn = _load(workdir, student, fold_preprocessing, format, out, timings, log)
+    image_shape = (st.spec.image_size, st.spec.image_size, st.spec.in_channels)
+    proto, compat = _trace(st, image_shape, batch, opset, trt_max_opset, timings, log)
+    result = {"student": st.name, "model": st.spec.name, "workdir": st.workdir, "step": st.step, "format": format,
+              "batch": batch, "opset": opset, "dtype": dtype, "onnx_path": onnx_path, "engine_path": engine_path,
+              "tensorrt_static_check": compat, "preprocessing_folded": st.preprocessing.fold}
+    session, sets = _write_and_verify_onnx(proto, _metadata(st, batch, opset, compat), st, onnx_path, image_shape,
+                                           batch, jax_fn, atol=atol, n_real=n_real, result=result,
+                                           timings=timings, log=log)
+    _write_trtexec_command(onnx_path, engine_path, image_shape, batch, max_batch, dtype == "fp16", result)
+    runner = None
+    if format == "tensorrt":
+        runner = _build_and_verify_engine(onnx_path, engine_path, image_shape, batch, max_batch, dtype, sets,
+                                          jax_fn, atol=atol, result=result, timings=timings, log=log)
+    if benchmark:
+        backends = {"jax (jit)": jax_fn, "onnxruntime": ort_fn(session)}
+        if runner is not None:
+            backends[f"tensorrt {dtype}"] = runner
+        _benchmark(st, backends, image_shape, batch, repeats, result, log)
+    result["timings"] = timings
+    return _write_report(result, engine_path or onnx_path)
+
+
+def _preflight(format, batch, dtype, atol, max_batch, opset, trt_max_opset) -> None:
+    """Every check that needs no checkpoint (ConfigError), and TensorRT importable when it is the target."""
     _check_args(format, batch, dtype, atol, max_batch)
     check_opset(opset)
     if opset > trt_max_opset:
@@ -136,7 +161,13 @@ def export(workdir: str, student: str | None = None, *, format: str = "onnx", ba
                           f"parses (TensorRT 10.0: 20, 10.15: 24; set trt_max_opset to target a newer one)")
     if format == "tensorrt":
         import_tensorrt(dtype == "fp16")  # fail before any work when TensorRT is missing
-    timings = {}
+
+
+def _load(workdir, student, fold_preprocessing, format, out, timings, log):
+    """(Student, onnx path, engine path or None, jitted reference fn): images float32 [B, H, W, C] ->
+    logits [B, K], the model as trained (fp32 compute). Output paths checked writable; timings['load_s']."""
+    import jax
+
     t0 = time.perf_counter()
     st = load_student(workdir, student, fold_preprocessing=fold_preprocessing)
     onnx_path, engine_path = _paths(st, format, out)
@@ -147,7 +178,12 @@ def export(workdir: str, student: str | None = None, *, format: str = "onnx", ba
     # Reference: the model as trained (fp32 compute); exported: the same params traced with export_spec.
     jax_fn = jax.jit(inference_fn(st.reference_spec, st.params, st.preprocessing))
     timings["load_s"] = time.perf_counter() - t0
+    return st, onnx_path, engine_path, jax_fn
 
+
+def _trace(st: Student, image_shape, batch, opset, trt_max_opset, timings, log):
+    """(ONNX ModelProto of the export_spec model, input [B or batch, H, W, C] -> [B, K]; its TensorRT static
+    check, raising TensorRTCompatError). timings['trace_s']."""
     t0 = time.perf_counter()
     proto = to_onnx_model(inference_fn(st.export_spec, st.params, st.preprocessing), image_shape=image_shape,
                           batch=batch, opset=opset, model_name=f"jkd_{st.name}")
@@ -155,11 +191,14 @@ def export(workdir: str, student: str | None = None, *, format: str = "onnx", ba
     compat = assert_tensorrt_compat(proto, max_opset=trt_max_opset)
     log(f"TensorRT 10 static check: ok (opset {compat['opset']} within {compat['opset_range'][0]}-"
         f"{compat['opset_range'][1]}; ops: {', '.join(f'{k} {v}' for k, v in compat['op_counts'].items())})")
+    return proto, compat
 
-    result = {"student": st.name, "model": st.spec.name, "workdir": st.workdir, "step": st.step, "format": format,
-              "batch": batch, "opset": opset, "dtype": dtype, "onnx_path": onnx_path, "engine_path": engine_path,
-              "tensorrt_static_check": compat, "preprocessing_folded": st.preprocessing.fold}
-    meta = _metadata(st, batch, opset, compat)
+
+def _write_and_verify_onnx(proto, meta: dict, st: Student, onnx_path, image_shape, batch, jax_fn, *, atol, n_real,
+                           result, timings, log):
+    """Write the ONNX file (staged: only a verified file lands at onnx_path), onnxruntime vs jax_fn on
+    the verification sets (ParityError past atol), the parity summary into its metadata.
+    Returns (onnxruntime session, the input sets); parity into result; timings['write_and_verify_s']."""
     t0 = time.perf_counter()
     with staged_file(onnx_path) as tmp:
         set_metadata(proto, meta)
@@ -176,10 +215,13 @@ def export(workdir: str, student: str | None = None, *, format: str = "onnx", ba
         save_onnx(proto, tmp)
     timings["write_and_verify_s"] = time.perf_counter() - t0
     result.update(parity=report, parity_notes=notes, onnx_bytes=os.path.getsize(onnx_path))
-    log(f"wrote {onnx_path} ({os.path.getsize(onnx_path) / 1e6:.2f} MB, opset {opset}, batch "
+    log(f"wrote {onnx_path} ({os.path.getsize(onnx_path) / 1e6:.2f} MB, opset {meta['jkd.opset']}, batch "
         f"{'symbolic B' if batch is None else batch})")
+    return session, sets
 
-    fp16 = dtype == "fp16"
+
+def _write_trtexec_command(onnx_path, engine_path, image_shape, batch, max_batch, fp16: bool, result) -> None:
+    """The equivalent trtexec command, written next to the artifact (<artifact>.trtexec.txt) and into result."""
     trt_cmd_path = os.path.splitext(engine_path or onnx_path)[0] + ".trtexec.txt"
     trt_cmd = trtexec_command(onnx_path, engine_path or os.path.splitext(onnx_path)[0] + ".engine",
                               image_shape=image_shape, batch=batch, max_batch=max_batch, fp16=fp16)
@@ -188,42 +230,50 @@ def export(workdir: str, student: str | None = None, *, format: str = "onnx", ba
                 f"--format tensorrt{' --dtype fp16' if fp16 else ''}).\n{trt_cmd}\n")
     result["trtexec_command"], result["trtexec_command_path"] = trt_cmd, trt_cmd_path
 
-    runner = None
-    if format == "tensorrt":
-        t0 = time.perf_counter()
-        with staged_file(engine_path) as tmp:
-            result["tensorrt"] = build_engine(onnx_path, tmp, image_shape=image_shape, batch=batch,
-                                              max_batch=max_batch, fp16=fp16)
-            runner = engine_runner(tmp)
-            trt_sets = [s for s in sets if batch is not None or s.batch <= max_batch]
-            trt_report = parity(runner, jax_fn, trt_sets, atol=atol, rtol=FP16_RTOL if fp16 else 0.0,
-                                backend=f"TensorRT {result['tensorrt']['tensorrt_version']} {dtype}")
-            log(format_parity(trt_report))
-            check_parity(trt_report)
-        timings["tensorrt_build_and_verify_s"] = time.perf_counter() - t0
-        result["parity_tensorrt"] = trt_report
-        log(f"wrote {engine_path}; trtexec equivalent in {trt_cmd_path}")
 
-    if benchmark:
-        backends = {"jax (jit)": jax_fn, "onnxruntime": ort_fn(session)}
-        if runner is not None:
-            backends[f"tensorrt {dtype}"] = runner
-        batches = (1, 32) if batch is None else (batch,)
-        rows = benchmark_latency(backends, image_shape, batches, repeats=repeats)
-        title = (f"Latency of {st.name!r} ({st.spec.name}, input {list(image_shape)}), median of {repeats} warm "
-                 f"calls, host arrays in and out. Machine: {machine()}.")
-        table = format_table(rows, title)
-        log(table)
-        bench_base = os.path.join(st.workdir, "export", f"latency_{st.name}")
-        os.makedirs(os.path.dirname(bench_base), exist_ok=True)
-        with open(bench_base + ".md", "w") as f:
-            f.write(table + "\n")
-        with open(bench_base + ".json", "w") as f:
-            json.dump({"machine": machine(), "rows": rows}, f, indent=2)
-        result.update(latency=rows, latency_table=table, latency_path=bench_base + ".md")
+def _build_and_verify_engine(onnx_path, engine_path, image_shape, batch, max_batch, dtype, sets, jax_fn, *, atol,
+                             result, timings, log):
+    """Build the TensorRT engine (staged), check it against jax_fn on the input sets it accepts
+    (batch <= max_batch when symbolic; fp16: rtol FP16_RTOL). Returns the engine runner (images
+    float32 [B, H, W, C] -> logits [B, K]); build info and parity into result; timings['tensorrt_build_and_verify_s']."""
+    fp16 = dtype == "fp16"
+    t0 = time.perf_counter()
+    with staged_file(engine_path) as tmp:
+        result["tensorrt"] = build_engine(onnx_path, tmp, image_shape=image_shape, batch=batch,
+                                          max_batch=max_batch, fp16=fp16)
+        runner = engine_runner(tmp)
+        trt_sets = [s for s in sets if batch is not None or s.batch <= max_batch]
+        trt_report = parity(runner, jax_fn, trt_sets, atol=atol, rtol=FP16_RTOL if fp16 else 0.0,
+                            backend=f"TensorRT {result['tensorrt']['tensorrt_version']} {dtype}")
+        log(format_parity(trt_report))
+        check_parity(trt_report)
+    timings["tensorrt_build_and_verify_s"] = time.perf_counter() - t0
+    result["parity_tensorrt"] = trt_report
+    log(f"wrote {engine_path}; trtexec equivalent in {result['trtexec_command_path']}")
+    return runner
 
-    result["timings"] = timings
-    report_path = os.path.splitext(engine_path or onnx_path)[0] + ".export.json"
+
+def _benchmark(st: Student, backends: dict, image_shape, batch, repeats, result, log) -> None:
+    """Latency of each backend (images float32 [b, H, W, C] -> logits, b in 1 and 32, or batch) into
+    <workdir>/export/latency_<student>.md / .json and result."""
+    batches = (1, 32) if batch is None else (batch,)
+    rows = benchmark_latency(backends, image_shape, batches, repeats=repeats)
+    title = (f"Latency of {st.name!r} ({st.spec.name}, input {list(image_shape)}), median of {repeats} warm "
+             f"calls, host arrays in and out. Machine: {machine()}.")
+    table = format_table(rows, title)
+    log(table)
+    bench_base = os.path.join(st.workdir, "export", f"latency_{st.name}")
+    os.makedirs(os.path.dirname(bench_base), exist_ok=True)
+    with open(bench_base + ".md", "w") as f:
+        f.write(table + "\n")
+    with open(bench_base + ".json", "w") as f:
+        json.dump({"machine": machine(), "rows": rows}, f, indent=2)
+    result.update(latency=rows, latency_table=table, latency_path=bench_base + ".md")
+
+
+def _write_report(result: dict, artifact_path: str) -> dict:
+    """result as JSON into <artifact>.export.json; returns it with 'report_path' added."""
+    report_path = os.path.splitext(artifact_path)[0] + ".export.json"
     with open(report_path, "w") as f:
         json.dump(result, f, indent=2, default=str)
     result["report_path"] = report_path

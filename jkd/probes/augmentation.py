@@ -1,9 +1,10 @@
 """Class-level costs of random-resized crops, the class-conditional remedy, and their passage through KD
-(config.probe = 'augmentation'; Balestriero, Bottou & LeCun 2022; Kirichenko et al. 2023).
+(config.trainer = 'augmentation'; Balestriero, Bottou & LeCun 2022; Kirichenko et al. 2023).
 
     python -m jkd.main --config configs/fairness/augmentation.py --workdir /tmp/jkd_aug
 
-On jkd.data.synthetic.make_fine_grained (fine-grained pairs 0/1, 2/3; co-occurring pair 4 -> 5):
+On jkd.data.synthetic.make_fine_grained (fine-grained pairs 0/1, 2/3; co-occurring pair 4 -> 5),
+every stack of models trained at once by jkd.probes.multiseed.train_stack:
   1. uniform policies: one model per RRC minimum scale in crop.min_scales (same init, same batches,
      one vmapped program); per-class accuracy and per-pair false-positive rates
      fp(a -> b) = P(pred = b | label = a) on the uncropped test set.
@@ -16,36 +17,42 @@ On jkd.data.synthetic.make_fine_grained (fine-grained pairs 0/1, 2/3; co-occurri
   3. class_conditional: the strongest crop for every class except the remedied ones, which get
      the light scale (remedy.light_scale; -1 = the lightest of crop.min_scales); remedy.light_for
      'losing' (default: the classes that lose, as the paper) or 'receiving' (jkd's first form).
-  4. KD students (student.model, trained with the light crop) from the strongest-crop teacher
-     (kd_from_strong) and from the lightest-crop teacher (kd_from_light), on the same crops the
-     teacher sees: does a strong-augmentation teacher pass its class bias on?
+  4. KD students (student.model, trained with the light crop), one per teacher in
+     config.student_teachers: from the strongest-crop teacher ('strong': kd_from_strong) and from the
+     lightest-crop teacher ('light': kd_from_light), on the same crops the teacher sees: does a
+     strong-augmentation teacher pass its class bias on?
 Summary keys '<policy>/<measure>' with policy 'scale=<s>', 'class_conditional', 'kd_from_strong',
 'kd_from_light' and measures avg_acc, losing_acc (mean recall over the classes that lose in this
 run), receiving_acc (mean recall over the classes that receive), fine_grained_acc (classes 0-3),
 co_occurring_acc (4, 5), other_acc (6-9), affected_fp (mean fp over the affected pairs),
 fine_grained_fp (mean fp within the fine-grained pairs), co_occurring_fp (fp(5 -> 4): diamonds
-called '+'); plus num_affected_pairs, num_losing_classes, num_receiving_classes.
+called '+'); plus num_affected_pairs, num_losing_classes, num_receiving_classes. `run(config,
+workdir)` returns that summary and writes summary.json, results.json, results.md, metrics.jsonl and
+figures into the workdir; a rerun of the same config returns the stored summary.
 """
 from __future__ import annotations
 
-import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jkd import evaluate, losses
+from jkd import checks, evaluate, losses, rundir
 from jkd.data import synthetic
 from jkd.data.augment import random_resized_crop
 from jkd.errors import ConfigError
-from jkd.probes.fairness import forward_all, model_spec, names, normalise, stack, train_stack, unstack
+from jkd.probes.multiseed import check_teacher_student, forward_all, model_spec, normalise, stack, train_stack, unstack
 from jkd.train.state import apply_model, graphdef_and_shapes, init_params, make_optimizer
 
-KD_STUDENTS = ("kd_from_strong", "kd_from_light")
+TEACHERS = {"strong": "kd_from_strong", "light": "kd_from_light"}  # config.student_teachers -> summary policy
 _FG_CLASSES, _CO_CLASSES, _OTHER = [0, 1, 2, 3], [4, 5], [6, 7, 8, 9]
 _FG_PAIRS = [(0, 1), (1, 0), (2, 3), (3, 2)]
+_K = synthetic.FINE_GRAINED_CLASSES
 LIGHT_FOR = ("losing", "receiving")  # which side of the affected pairs the class-conditional remedy lightens
+RENAMED = {"students": "student_teachers (which teacher each KD student learns from: 'strong,light'; "
+                       "config.students is a dict of student models everywhere else in jkd)"}
 
 
 def min_scales(config) -> list[float]:
@@ -64,7 +71,9 @@ def light_scale(config) -> float:
 
 
 def check_config(config) -> None:
-    """Checks of the augmentation probe's fields (after fairness.check_common)."""
+    """Every start-up check of an augmentation-probe config (ConfigError naming the field)."""
+    checks.check_renamed(config, RENAMED)
+    check_teacher_student(config)
     if config.data.name != "fine_grained_synthetic":
         raise ConfigError(f"config.data.name: the augmentation probe reads 'fine_grained_synthetic', "
                           f"got {config.data.name!r}")
@@ -77,9 +86,14 @@ def check_config(config) -> None:
         raise ConfigError(f"config.remedy.light_scale: -1 or in (0, crop.max_scale], got {config.remedy.light_scale}")
     if not 0 < config.remedy.fp_rise < 1:
         raise ConfigError(f"config.remedy.fp_rise: a rate in (0, 1), got {config.remedy.fp_rise}")
-    names(config.students, KD_STUDENTS, "students")
-    if config.remedy.get("light_for", "losing") not in LIGHT_FOR:
-        raise ConfigError(f"config.remedy.light_for: one of {LIGHT_FOR}, got {config.remedy.light_for!r}")
+    kd_students(config)
+    if checks.has(config, "remedy.light_for"):  # absent: 'losing'
+        checks.one_of(config, "remedy.light_for", LIGHT_FOR)
+
+
+def kd_students(config) -> list[str]:
+    """The KD students' summary names, one per config.student_teachers entry ('strong' -> 'kd_from_strong')."""
+    return [TEACHERS[t] for t in checks.comma_list(config.student_teachers, tuple(TEACHERS), "student_teachers")]
 
 
 def class_scales(num_classes: int, strong: float, light: float, light_classes) -> np.ndarray:
@@ -132,56 +146,84 @@ def _measures(preds, labels, k, pairs) -> tuple[dict, np.ndarray, np.ndarray]:
     return m, acc, conf
 
 
-def run_augmentation(config, workdir: str, log=None, write: bool = True) -> tuple[dict, str]:
-    """Steps 1-4 of the module docstring; writes results.json and figures (if `write`: process 0);
-    returns (summary, markdown)."""
-    c = config
-    d = c.data
+def run(config, workdir: str) -> dict:
+    """The probe: check, train, measure; write the reports into workdir; return the flat summary
+    (the stored one when this exact config already ran there)."""
+    check_config(config)
+    return rundir.cached_run(workdir, config, lambda log: _measured_run(config, workdir, log))
+
+
+def _measured_run(config, workdir: str, log) -> dict:
+    """train_and_measure, timed, with the report (rundir.cached_run writes summary.json)."""
+    t0 = time.time()
+    summary, (header, table) = train_and_measure(config, workdir, log=log)
+    summary = {"seed": config.seed, **summary, "wall_time_s": time.time() - t0}
+    rundir.report(workdir, header, table, progress=config.progress)
+    return summary
+
+
+def train_and_measure(config, workdir: str, log=None) -> tuple[dict, tuple[str, str]]:
+    """Steps 1-4 of the module docstring; writes results.json and figures (process 0);
+    returns (summary, (report header, markdown table))."""
+    c, d = config, config.data
     gen = dict(image_size=d.image_size, min_shape_size=d.min_shape_size, noise=d.noise)
     train = synthetic.make_fine_grained(d.num_train, seed=2 * c.seed, **gen)
     test = synthetic.make_fine_grained(d.num_test, seed=2 * c.seed + 1, **gen)
-    k, mean, std, hi = synthetic.FINE_GRAINED_CLASSES, float(d.mean), float(d.std), float(c.crop.max_scale)
+    t_spec = model_spec(c.teacher.model, _K, d.image_size, 1)
+    teacher = (t_spec, graphdef_and_shapes(t_spec)[0])
+    uniform, preds = _uniform_policies(c, teacher, train, test, log)  # 1.
+    pairs, found = _affected(c, preds, train, test["label"])  # 2.
+    preds["class_conditional"] = _class_conditional(c, teacher, found["remedied_classes"], train, test, log)  # 3.
+    preds.update(_kd_students(c, teacher[1], uniform, train, test, log))  # 4.
+    summary, results = _summarise(c, preds, test["label"], pairs, found)
+    rundir.write_json(workdir, "results.json", {"summary": summary, "results": results}, indent=None)
+    if rundir.is_writer():
+        _figures(results, summary, workdir, kd_students(c))
+    return summary, _report(c, results, summary, kd_students(c))
+
+
+def _uniform_policies(c, teacher: tuple, train: dict, test: dict, log) -> tuple[dict, dict]:
+    """Step 1: one teacher per scale in crop.min_scales, the same crop for every class. Returns (their
+    params stacked [len(scales), ...], {'scale=<s>': test predictions [N]})."""
     scales = min_scales(c)
-    strong, light = scales[0], light_scale(c)
-    t_spec = model_spec(c.teacher.model, k, d.image_size, 1)
-    s_spec = model_spec(c.student.model, k, d.image_size, 1)
-    t_graph, _ = graphdef_and_shapes(t_spec)
-    s_graph, _ = graphdef_and_shapes(s_spec)
-    common = dict(batch_size=c.batch_size, log_every=c.log_every, progress=c.progress, log=log)
+    uniform = _train_teachers(c, teacher, train, [class_scales(_K, s, s, []) for s in scales],
+                              f"{len(scales)} crop scales", log)
+    preds = _predict(c, teacher[1], uniform, test)  # [M, N]
+    return uniform, {f"scale={s:g}": preds[i] for i, s in enumerate(scales)}
 
-    def ce_loss(p, batch, key, aux):
-        x = crop_by_class(key, batch["image"], batch["label"], aux["scale"], hi)
-        return losses.cross_entropy(apply_model(t_graph, p["model"], normalise(x, mean, std)), batch["label"]), {}
 
-    def train_teachers(scale_rows, seed_offset, desc):
-        params = stack([{"model": init_params(t_spec, c.seed)}] * len(scale_rows))  # one init: paired comparisons
-        params, _ = train_stack(ce_loss, params, make_optimizer(c.optimizer, c.teacher.steps), train["image"],
-                                train["label"], steps=c.teacher.steps, seed=c.seed + seed_offset,
-                                aux={"scale": jnp.asarray(np.stack(scale_rows))}, desc=desc, **common)
-        return params
-
-    # 1. uniform policies
-    uniform = train_teachers([class_scales(k, s, s, []) for s in scales], 0, f"{len(scales)} crop scales")
-    logits, _ = forward_all(t_graph, uniform, test["image"], mean=mean, std=std)  # [M, N, K]
-    preds = {f"scale={s:g}": logits[i].argmax(-1) for i, s in enumerate(scales)}
-    fp = {s: evaluate.rates(evaluate.confusion_matrix(preds[f"scale={s:g}"], test["label"], k)) for s in scales}
-
-    # 2. which pairs' false positives rise with stronger crops, and what the data says they are
-    pairs = affected_pairs(fp[strong], fp[scales[-1]], float(c.remedy.fp_rise))
+def _affected(c, preds: dict, train: dict, test_labels: np.ndarray) -> tuple[list, dict]:
+    """Step 2: which pairs' false positives rise with stronger crops (fp [K, K] at the strongest and the
+    lightest scale), and what the data says they are. Returns (pairs [(a, b, rise)], the results' entries
+    'affected_pairs', 'losing_classes', 'receiving_classes', 'remedied_classes')."""
+    scales = min_scales(c)
+    fp = {s: evaluate.rates(evaluate.confusion_matrix(preds[f"scale={s:g}"], test_labels, _K)) for s in scales}
+    pairs = affected_pairs(fp[scales[0]], fp[scales[-1]], float(c.remedy.fp_rise))
     kinds = [pair_kind(a, b, train["multi_label"], train["label"], train["superclass"]) for a, b, _ in pairs]
     losing, receiving = pair_sides(pairs)
     remedied = losing if c.remedy.get("light_for", "losing") == "losing" else receiving
+    return pairs, {"affected_pairs": [{"true": a, "predicted": b, "fp_rise": r, "kind": kind}
+                                      for (a, b, r), kind in zip(pairs, kinds)],
+                   "losing_classes": losing, "receiving_classes": receiving, "remedied_classes": remedied}
 
-    # 3. the class-conditional remedy (same init and batches as the uniform models)
-    cc = train_teachers([class_scales(k, strong, light, remedied)], 0, "class-conditional")
-    cc_logits, _ = forward_all(t_graph, cc, test["image"], mean=mean, std=std)
-    preds["class_conditional"] = cc_logits[0].argmax(-1)
 
-    # 4. KD students with light crops from the strongest / lightest teacher, on the views the teacher sees
-    kd_names = names(c.students, KD_STUDENTS, "students")
-    teacher_idx = {"kd_from_strong": 0, "kd_from_light": len(scales) - 1}
+def _class_conditional(c, teacher: tuple, remedied: list, train: dict, test: dict, log) -> np.ndarray:
+    """Step 3: the class-conditional remedy (same init and batches as the uniform teachers): the strongest
+    crop except the light one for the remedied classes. Returns its test predictions [N]."""
+    policy = class_scales(_K, min_scales(c)[0], light_scale(c), remedied)
+    cc = _train_teachers(c, teacher, train, [policy], "class-conditional", log)
+    return _predict(c, teacher[1], cc, test)[0]
+
+
+def _kd_students(c, t_graph, uniform: dict, train: dict, test: dict, log) -> dict:
+    """Step 4: KD students with light crops from the strongest / lightest uniform teacher (uniform: params
+    stacked [len(scales), ...]), on the views the teacher sees. Returns {'kd_from_<t>': test predictions [N]}."""
+    kd_names, mean, std, hi = kd_students(c), float(c.data.mean), float(c.data.std), float(c.crop.max_scale)
+    s_spec = model_spec(c.student.model, _K, c.data.image_size, 1)
+    s_graph, _ = graphdef_and_shapes(s_spec)
+    teacher_idx = {"kd_from_strong": 0, "kd_from_light": len(min_scales(c)) - 1}
     temp, kd_w = float(c.kd.temperature), float(c.kd.weight)
-    student_scale = jnp.asarray(class_scales(k, c.student.min_scale, c.student.min_scale, []))
+    student_scale = jnp.asarray(class_scales(_K, c.student.min_scale, c.student.min_scale, []))
 
     def kd_loss(p, batch, key, aux):
         x = normalise(crop_by_class(key, batch["image"], batch["label"], student_scale, hi), mean, std)
@@ -193,47 +235,71 @@ def run_augmentation(config, workdir: str, log=None, write: bool = True) -> tupl
     teachers = stack([unstack(uniform["model"], teacher_idx[n]) for n in kd_names])
     students, _ = train_stack(kd_loss, students, make_optimizer(c.optimizer, c.student.steps), train["image"],
                               train["label"], steps=c.student.steps, seed=c.seed + 1, aux={"teacher": teachers},
-                              desc="KD students", **common)
-    s_logits, _ = forward_all(s_graph, students, test["image"], mean=mean, std=std)
-    preds.update({n: s_logits[i].argmax(-1) for i, n in enumerate(kd_names)})
+                              desc="KD students", **_common(c, log))
+    preds = _predict(c, s_graph, students, test)  # [len(kd_names), N]
+    return {n: preds[i] for i, n in enumerate(kd_names)}
 
-    summary, acc, conf = {"num_affected_pairs": len(pairs), "num_losing_classes": len(losing),
-                          "num_receiving_classes": len(receiving)}, {}, {}
+
+def _summarise(c, preds: dict, labels: np.ndarray, pairs: list, found: dict) -> tuple[dict, dict]:
+    """_measures of every policy's test predictions [N] against labels [N]. Returns (flat summary
+    '<policy>/<measure>', results: found plus per-class accuracies [K] and confusion matrices [K, K])."""
+    scales = min_scales(c)
+    summary, acc, conf = {"num_affected_pairs": len(pairs), "num_losing_classes": len(found["losing_classes"]),
+                          "num_receiving_classes": len(found["receiving_classes"])}, {}, {}
     for policy, p in preds.items():
-        m, acc[policy], conf[policy] = _measures(p, test["label"], k, pairs)
+        m, acc[policy], conf[policy] = _measures(p, labels, _K, pairs)
         summary.update({f"{policy}/{name}": v for name, v in m.items()})
-
-    results = {"scales": scales, "strong": strong, "light": light,
-               "affected_pairs": [{"true": a, "predicted": b, "fp_rise": r, "kind": kind}
-                                  for (a, b, r), kind in zip(pairs, kinds)],
-               "losing_classes": losing, "receiving_classes": receiving, "remedied_classes": remedied,
+    results = {"scales": scales, "strong": scales[0], "light": light_scale(c), **found,
                "per_class_acc": {n: a.tolist() for n, a in acc.items()},
                "confusion": {n: cm.tolist() for n, cm in conf.items()},
                "top_confused": {n: evaluate.top_confused_pairs(cm) for n, cm in conf.items()}}
-    if write:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump({"summary": summary, "results": results}, f)
-        _figures(results, summary, workdir, kd_names)
-    return summary, _report(c, results, summary, kd_names)
+    return summary, results
 
 
-def _report(c, results, summary, kd_names) -> str:
+def _train_teachers(c, teacher: tuple, train: dict, scale_rows: list, desc: str, log):
+    """One teacher per row of per-class RRC minimum scales scale_rows [M][K], trained by CE from one init
+    (paired comparisons) on the same batches; teacher = (spec, graphdef). Returns params stacked [M, ...]."""
+    (t_spec, t_graph), mean, std, hi = teacher, float(c.data.mean), float(c.data.std), float(c.crop.max_scale)
+
+    def ce_loss(p, batch, key, aux):
+        x = crop_by_class(key, batch["image"], batch["label"], aux["scale"], hi)
+        return losses.cross_entropy(apply_model(t_graph, p["model"], normalise(x, mean, std)), batch["label"]), {}
+
+    params = stack([{"model": init_params(t_spec, c.seed)}] * len(scale_rows))
+    params, _ = train_stack(ce_loss, params, make_optimizer(c.optimizer, c.teacher.steps), train["image"],
+                            train["label"], steps=c.teacher.steps, seed=c.seed,
+                            aux={"scale": jnp.asarray(np.stack(scale_rows))}, desc=desc, **_common(c, log))
+    return params
+
+
+def _predict(c, graph, params, test: dict) -> np.ndarray:
+    """Test-set predictions [M, N] of M stacked models (argmax of logits [M, N, K])."""
+    logits, _ = forward_all(graph, params, test["image"], mean=float(c.data.mean), std=float(c.data.std))
+    return logits.argmax(-1)
+
+
+def _common(c, log) -> dict:
+    """train_stack's keyword arguments shared by every stack of the probe."""
+    return dict(batch_size=c.batch_size, log_every=c.log_every, progress=c.progress, log=log)
+
+
+def _report(c, results, summary, kd_names) -> tuple[str, str]:
     pairs = ", ".join(f"{p['true']}->{p['predicted']} (+{100 * p['fp_rise']:.1f} pp, {p['kind']})"
                       for p in results["affected_pairs"]) or "none"
     policies = [f"scale={s:g}" for s in results["scales"]] + ["class_conditional"] + kd_names
-    cols = ["avg_acc", "losing_acc", "receiving_acc", "fine_grained_acc", "co_occurring_acc", "other_acc", "fine_grained_fp",
-            "co_occurring_fp"]
-    lines = [f"Augmentation probe (seed {c.seed}): strongest crop {results['strong']:g}, light {results['light']:g}; "
-             f"affected pairs (true->predicted): {pairs}; classes that lose (true side): "
-             f"{results['losing_classes']}, that receive false positives: {results['receiving_classes']}; "
-             f"the class-conditional policy lightens the crops of {results['remedied_classes']}.",
-             "", "| policy | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    cols = ["avg_acc", "losing_acc", "receiving_acc", "fine_grained_acc", "co_occurring_acc", "other_acc",
+            "fine_grained_fp", "co_occurring_fp"]
+    header = (f"Augmentation probe (seed {c.seed}): strongest crop {results['strong']:g}, light {results['light']:g}; "
+              f"affected pairs (true->predicted): {pairs}; classes that lose (true side): "
+              f"{results['losing_classes']}, that receive false positives: {results['receiving_classes']}; "
+              f"the class-conditional policy lightens the crops of {results['remedied_classes']}.")
+    lines = ["| policy | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for p in policies:
         cells = [summary.get(f"{p}/{col}") for col in cols]
         lines.append(f"| {p} | " + " | ".join("–" if v is None else (f"{100 * v:.1f}" if col.endswith("acc")
                                                                         else f"{v:.3f}")
                                               for v, col in zip(cells, cols)) + " |")
-    return "\n".join(lines)
+    return header, "\n".join(lines)
 
 
 def _figures(results, summary, workdir, kd_names) -> None:
@@ -281,9 +347,10 @@ def plot_scale_curves(curves: dict, remedy: dict, path: str, title: str = "") ->
     plt.close(fig)
 
 
-def sweep_figure(records: list[dict], out_dir: str) -> list[str]:
+def sweep_figures(records: list[dict], out_dir: str, group_of=None) -> list[str]:
     """jkd.sweep hook: accuracy vs crop scale, mean ± std over the records (seeds) that hold the
-    augmentation probe's summary. Writes <out_dir>/accuracy_vs_scale.png; returns [path] or []."""
+    augmentation probe's summary (all records pooled: group_of is not used). Writes
+    <out_dir>/accuracy_vs_scale.png; returns [path] or []."""
     recs = [r["metrics"] for r in records if "class_conditional/avg_acc" in r["metrics"]]
     if not recs:
         return []

@@ -2,12 +2,12 @@
 deep-net counterpart of the multi-view probe (Allen-Zhu & Li, ICLR 2023, Figure 1 protocol).
 
 Stages (each its own resumable workdir under the probe's workdir; jkd's usual trainers):
-  single_<i>/       i < ensemble_size: config.model trained from labels, seed 1000*seed + i
+  single_<i>/       i < ensemble.size: config.model trained from labels, seed 1000*seed + i
                     (independent init, data order and augmentation per member)
   kd_ensemble/      one fresh config.model distilled from all single_* together (the teacher target
                     is the mean of their probabilities at T); its eval also scores the ensemble
   self_distill/     one fresh config.model distilled from single_0 alone (born-again network);
-                    self_distill_generations > 1 chains generations (gen k+1 learns from gen k)
+                    config.generations > 1 chains generations (gen k+1 learns from gen k); 0 skips it
 Every student sees every training label: loss = kd.weight * KD + (1 - kd.weight) * CE, as in the
 paper's knowledge-distillation and self-distillation experiments.
 
@@ -18,15 +18,15 @@ the ensemble and self-distillation (per generation).
 """
 from __future__ import annotations
 
-import json
 import os
 
-import jax
 import numpy as np
 
-from jkd.config import validate
+from jkd import checks, rundir
 from jkd.errors import ConfigError
+from jkd.train.distill import check_config as check_distill
 from jkd.train.distill import train_distill
+from jkd.train.supervised import check_config as check_supervised
 from jkd.train.supervised import train_supervised
 
 
@@ -35,6 +35,7 @@ def _stage(config, trainer: str, seed: int):
     with stage.unlocked():
         stage.trainer = trainer
         stage.seed = seed
+        stage.generations = 1
         if trainer == "distill":
             stage.students = {"model": config.model}
     return stage
@@ -42,12 +43,13 @@ def _stage(config, trainer: str, seed: int):
 
 def stage_configs(config, workdir: str) -> dict:
     """{stage name: (config, workdir)} for every stage of the probe, in run order."""
-    size = config.get("ensemble_size")
-    if not isinstance(size, int) or size < 2:
-        raise ConfigError(f"config.ensemble_size: an ensemble needs an integer >= 2 members, got {size!r}")
-    gens = config.get("self_distill_generations")
-    if not isinstance(gens, int) or gens < 0:
-        raise ConfigError(f"config.self_distill_generations: must be an integer >= 0 (0 = skip), got {gens!r}")
+    size = config.ensemble.size if checks.has(config, "ensemble.size") else None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 2:
+        raise ConfigError(f"config.ensemble.size: an ensemble needs an integer >= 2 members, got {size!r}")
+    gens = config.generations
+    if not isinstance(gens, int) or isinstance(gens, bool) or gens < 0:
+        raise ConfigError(f"config.generations: self-distillation generations, an integer >= 0 (0 = skip), "
+                          f"got {gens!r}")
     base = 1000 * config.seed
     singles = {f"single_{i}": (_stage(config, "supervised", base + i), os.path.join(workdir, f"single_{i}"))
                for i in range(size)}
@@ -55,7 +57,6 @@ def stage_configs(config, workdir: str) -> dict:
     kd = _stage(config, "distill", base + 100)
     with kd.unlocked():
         kd.teacher.checkpoint = ",".join(d for _, d in singles.values())
-        kd.teacher.ensemble = config.get("ensemble_target", "mean_probs")
     stages["kd_ensemble"] = (kd, os.path.join(workdir, "kd_ensemble"))
     if gens:
         sd = _stage(config, "distill", base + 200)
@@ -69,7 +70,8 @@ def stage_configs(config, workdir: str) -> dict:
 def check_config(config) -> None:
     """Every stage's start-up checks (run before any training; also used by jkd.sweep)."""
     for stage, _ in stage_configs(config, "/unused").values():
-        validate(stage)  # the teachers are checked when their stage loads them
+        # the teachers are checked when their stage loads them
+        (check_supervised if stage.trainer == "supervised" else check_distill)(stage)
 
 
 def results_table(summary: dict) -> str:
@@ -113,14 +115,8 @@ def run_ensemble(config, workdir: str) -> dict:
         summary["self_distill"] = {"accuracy": gens[-1]["accuracy"],
                                    "generations": [{k: g[k] for k in ("accuracy", "teacher_agreement")}
                                                    for g in gens]}
-    table = results_table(summary)
-    if jax.process_index() == 0:
-        header = (f"Ensemble / KD / self-distillation on {config.data.name} ({config.model.name}, seed "
-                  f"{config.seed}, {config.steps} steps each)")
-        with open(os.path.join(workdir, "results.md"), "w") as f:
-            f.write(header + "\n\n" + table + "\n")
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        if config.get("progress", True):
-            print("\n" + header + "\n\n" + table + "\n")
+    header = (f"Ensemble / KD / self-distillation on {config.data.name} ({config.model.name}, seed "
+              f"{config.seed}, {config.steps} steps each)")
+    rundir.write_json(workdir, "summary.json", summary)
+    rundir.report(workdir, header, results_table(summary), progress=config.get("progress", True))
     return summary

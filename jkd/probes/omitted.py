@@ -23,7 +23,7 @@ import os
 import jax
 import numpy as np
 
-from jkd import evaluate
+from jkd import evaluate, rundir
 from jkd.checkpoint import load_teacher
 from jkd.data import excluded_classes, make_data
 from jkd.train.quickstart import parse_methods, run_quickstart
@@ -121,14 +121,12 @@ def run_omitted(config, workdir: str) -> dict:
     results = run_quickstart(config, workdir)
     scores = score_students(config, workdir)
     summary = {"seed": config.seed, **scores, "quickstart": results}
-    if jax.process_index() == 0:
-        text = (f"Omitted-class experiment (Hinton et al. 2015, section 3), seed {config.seed}: classes "
-                f"{scores['excluded_classes']} are absent from the students' training data; the teacher's "
-                f"predicted frequency on the training images (the prior the label-free shift matches): "
-                f"{[round(p, 4) for p in scores['teacher_prior']]}. Test errors:\n\n" + omitted_table(scores))
-        with open(os.path.join(workdir, "omitted.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        with open(os.path.join(workdir, "omitted.md"), "w") as f:
-            f.write(text + "\n")
-        print("\n" + text + "\n")
+    text = (f"Omitted-class experiment (Hinton et al. 2015, section 3), seed {config.seed}: classes "
+            f"{scores['excluded_classes']} are absent from the students' training data; the teacher's "
+            f"predicted frequency on the training images (the prior the label-free shift matches): "
+            f"{[round(p, 4) for p in scores['teacher_prior']]}. Test errors:")
+    rundir.write_json(workdir, "omitted.json", summary)
+    rundir.write_text(workdir, "omitted.md", text + "\n\n" + omitted_table(scores) + "\n")
+    if rundir.is_writer():
+        print("\n" + text + "\n\n" + omitted_table(scores) + "\n")
     return summary

@@ -2,7 +2,7 @@
 
 Every teacher runs once per batch on the same augmented view that every student sees; each student
 has its own params, optimizer state and objective (jkd/train/objectives.py: hinton, hard, dkd, nkd,
-DeiT distillation token, ViTKD, ViT->ConvNeXt alignment). Several teachers (comma-separated
+dist, fm, DeiT distillation token, ViTKD, ViT->ConvNeXt alignment). Several teachers (comma-separated
 config.teacher.checkpoint) form an ensemble. config.generations > 1 runs self-distillation
 (born-again networks): generation k+1 learns from generation k, in <workdir>/gen_<k>, each generation
 from its own seed (generation_seed: new init, data order and augmentation draws; in its run.json).
@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from jkd import checkpoint, sharding
-from jkd.config import validate
+from jkd.config import check_model_entry, check_run
 from jkd.data import make_data
 from jkd.errors import ConfigError
 from jkd.models import check_model, parse_model_name
@@ -89,6 +89,25 @@ def check_teachers(teachers: list, config, num_classes: int) -> None:
                               f"channels, the data gives {config.data.image_size}px x {config.data.channels}")
 
 
+def check_config(config) -> None:
+    """Start-up checks of a distill run (ConfigError naming the field); the teachers and each
+    student's objective are checked when they are loaded, before anything is compiled."""
+    check_run(config)
+    if not config.students:
+        raise ConfigError("config.students: a distill run needs at least one student")
+    for name, entry in config.students.items():
+        kwargs = dict(entry.get("kwargs", {}))
+        if kwargs.get("distillation_token") and not entry.name.startswith("vit_"):
+            raise ConfigError(f"config.students.{name}.kwargs.distillation_token: the DeiT distillation "
+                              f"token is a ViT option; {entry.name!r} is not a ViT")
+        check_model_entry(entry, config, f"config.students.{name}")
+    if not isinstance(config.generations, int) or isinstance(config.generations, bool) or config.generations < 1:
+        raise ConfigError(f"config.generations: must be an integer >= 1, got {config.generations!r}")
+    if config.generations > 1 and len(config.students) != 1:
+        raise ConfigError(f"config.generations: self-distillation over generations trains one student; "
+                          f"config.students has {len(config.students)}")
+
+
 def _distill_once(config, workdir: str, desc: str) -> dict:
     data = make_data(config.data, seed=config.seed, global_batch_size=config.batch_size,
                      eval_batch_size=config.eval_batch_size)
@@ -102,7 +121,7 @@ def _distill_once(config, workdir: str, desc: str) -> dict:
     heads = {name: h for name in specs
              if (h := build_heads(objectives[name], specs[name], teacher_specs[0], config.seed)) is not None}
     return fit(config, workdir, specs=specs, data=data, teachers=tuple(teachers), objectives=objectives,
-               heads=heads, desc=desc)[0]
+               heads=heads, desc=desc, mesh=mesh)[0]
 
 
 def generation_seed(seed: int, generation: int) -> int:
@@ -131,7 +150,7 @@ def generations_table(summaries: list[dict], student: str) -> str:
 def train_distill(config, workdir: str, *, desc: str = "distill") -> dict:
     """Distill config.teacher into config.students; returns the run summary (the last generation's
     when config.generations > 1, with all generations under 'generations')."""
-    validate(config)
+    check_config(config)
     if config.generations == 1:
         return _distill_once(config, workdir, desc)
     student = next(iter(config.students))

@@ -11,6 +11,7 @@ Logit losses (kd.method), each in its reference's form  ce_weight * CE(labels) +
   dkd     alpha TCKD + beta NCKD, T^2, linear warm-up         (Zhao et al. 2022; mdistiller DKD)
   nkd     -t_y log s_y + gamma T^2 CE over non-targets        (Yang et al. 2023; yzd-v/cls_KD)
   fm      KL(teacher || student) at T = 1, no label term      (Beyer et al. 2022, function matching)
+  dist    T^2 (beta inter + gamma intra) Pearson relations     (Huang et al. 2022; hunto/DIST_KD)
 A ViT student built with `distillation_token=True` (DeiT) takes the KD term on its distillation
 head and CE on its CLS head (DeiT's defaults: soft 0.9 CE + 0.1 tau^2 KL at tau = 3, the KL scaled as
 DeiT's code scales it, hard 0.5/0.5); at inference the two heads are averaged.
@@ -35,7 +36,7 @@ from jkd.errors import ConfigError
 from jkd.models import parse_model_name
 from jkd.models.kd_heads import AlignHead, ViTKDHeads
 
-KD_METHODS = ("hinton", "hard", "dkd", "nkd", "fm")
+KD_METHODS = ("hinton", "hard", "dkd", "nkd", "fm", "dist")
 SETTINGS = ("cifar", "imagenet")
 FEATURE_METHODS = ("none", "vitkd", "align")
 ENSEMBLE_MODES = ("mean_probs", "mean_loss")
@@ -54,6 +55,8 @@ PAPER_DEFAULTS = {
     ("nkd", "imagenet"): dict(temperature=1.0, weight=1.0, ce_weight=1.0, nkd_gamma=1.5),  # cls_KD imagenet
     ("fm", "cifar"): dict(temperature=1.0, weight=1.0, ce_weight=0.0),          # big_vision distill
     ("fm", "imagenet"): dict(temperature=1.0, weight=1.0, ce_weight=0.0),
+    ("dist", "cifar"): dict(temperature=4.0, weight=2.0, ce_weight=1.0, dist_beta=1.0, dist_gamma=1.0),  # dist_cifar
+    ("dist", "imagenet"): dict(temperature=1.0, weight=2.0, ce_weight=1.0, dist_beta=1.0, dist_gamma=1.0),  # resnet_dist
 }
 # A DeiT student (distillation token): the DeiT paper's values for its soft and hard variants.
 DEIT_DEFAULTS = {"hinton": dict(temperature=3.0, weight=0.1, ce_weight=0.9),
@@ -75,6 +78,8 @@ class Objective:
     dkd_beta: float = 8.0
     dkd_warmup_steps: int = 0
     nkd_gamma: float = 1.5
+    dist_beta: float = 1.0    # DIST inter-class (per-example) relation weight
+    dist_gamma: float = 1.0   # DIST intra-class (per-class, across the batch) relation weight
     deit: bool = False
     deit_soft_scale: str = "reference"  # DeiT soft KD: 'reference' = DeiT's code (/ (B * K)), 'paper' = / B
     feature: str = "none"
@@ -93,7 +98,7 @@ def paper_defaults(method: str, setting: str, *, deit: bool = False, vit_student
     """The published value of every kd field of `method` in `setting` ('cifar' | 'imagenet') for a
     student with a DeiT distillation token (deit) or a ViT student (NKD's gamma). See docs/METHODS.md."""
     out = {"hard_label_smoothing": 0.0, "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_warmup_fraction": 0.0,
-           "nkd_gamma": 1.5}
+           "nkd_gamma": 1.5, "dist_beta": 1.0, "dist_gamma": 1.0}
     out.update(PAPER_DEFAULTS[(method, setting)])
     if deit and method in DEIT_DEFAULTS:
         out.update(DEIT_DEFAULTS[method])
@@ -112,7 +117,7 @@ def resolve_kd(kd: dict, *, deit: bool, vit_student: bool, field: str) -> dict:
     out = {k: (paper[k] if kd.get(k) is None else kd[k]) for k in paper}
     if kd.get("weight") is not None and kd.get("ce_weight") is None and kd["method"] in CONVEX_METHODS:
         out["ce_weight"] = 1.0 - float(kd["weight"])
-    for k in ("temperature", "weight", "ce_weight", "dkd_alpha", "dkd_beta", "nkd_gamma"):
+    for k in ("temperature", "weight", "ce_weight", "dkd_alpha", "dkd_beta", "nkd_gamma", "dist_beta", "dist_gamma"):
         if not isinstance(out[k], (int, float)) or isinstance(out[k], bool):
             raise ConfigError(f"{field}.kd.{k}: must be a number, got {out[k]!r}")
     if out["temperature"] <= 0:
@@ -146,6 +151,8 @@ def resolve_objective(config, name: str, entry, student_spec, teacher_specs: lis
     field = f"config.students.{name}"
     kd = _merged(config.kd, entry.get("kd"))
     feat = _merged(config.feature_kd, entry.get("feature_kd"))
+    kd["method"] = kd["method"] or "hinton"  # unset placeholders (jkd/config.py): the defaults
+    feat["method"] = feat["method"] or "none"
     if kd["method"] not in KD_METHODS:
         raise ConfigError(f"{field}.kd.method: unknown {kd['method']!r} (known: {', '.join(KD_METHODS)})")
     if feat["method"] not in FEATURE_METHODS:
@@ -194,7 +201,8 @@ def resolve_objective(config, name: str, entry, student_spec, teacher_specs: lis
         ce_weight=float(resolved["ce_weight"]), hard_label_smoothing=float(resolved["hard_label_smoothing"]),
         dkd_alpha=float(resolved["dkd_alpha"]), dkd_beta=float(resolved["dkd_beta"]),
         dkd_warmup_steps=int(round(float(resolved["dkd_warmup_fraction"]) * config.steps)),
-        nkd_gamma=float(resolved["nkd_gamma"]), deit=deit, deit_soft_scale=resolved["deit_soft_scale"],
+        nkd_gamma=float(resolved["nkd_gamma"]), dist_beta=float(resolved["dist_beta"]),
+        dist_gamma=float(resolved["dist_gamma"]), deit=deit, deit_soft_scale=resolved["deit_soft_scale"],
         feature=feat["method"],
         vitkd_alpha=float(feat_fields["vitkd_alpha"]), vitkd_beta=float(feat_fields["vitkd_beta"]),
         mask_ratio=float(feat_fields["mask_ratio"]), align_stage=int(feat["align_stage"]), align_loss=feat["align_loss"],
@@ -239,8 +247,8 @@ def teacher_targets(teacher_logits: jax.Array, temperature: float) -> dict:
     T = 1 (at_1) is the teachers' mean probability at that temperature. One teacher: its logits for both.
 
     The mean of softmaxes at T, sharpened back to T = 1, is not the mean at T = 1, so each term asks
-    for its own: KL terms (hinton, fm, dkd, NKD's non-target part) at T; NKD's t_y and the hard
-    target at T = 1.
+    for its own: KL terms (hinton, fm, dkd, NKD's non-target part) and DIST's relations at T; NKD's t_y
+    and the hard target at T = 1.
     """
     if teacher_logits.shape[0] == 1:
         return {"at_t": teacher_logits[0], "at_1": teacher_logits[0]}
@@ -266,6 +274,9 @@ def kd_term(obj: Objective, student_logits, teacher_logits_all, target_classes, 
             if obj.dkd_warmup_steps:  # mdistiller: min(epoch / warmup, 1) with epoch from 1; here per step
                 loss = loss * jnp.minimum((step + 1) / obj.dkd_warmup_steps, 1.0)
             return loss, parts
+        if obj.method == "dist":  # the relations of the (ensemble's mean) probabilities at T
+            return losses.dist(student_logits, targets["at_t"], temperature=obj.temperature, beta=obj.dist_beta,
+                               gamma=obj.dist_gamma)
         t_y = jnp.take_along_axis(jax.nn.softmax(targets["at_1"], -1), target_classes[:, None], -1)[:, 0]
         return losses.nkd(student_logits, targets["at_t"], target_classes, temperature=obj.temperature,
                           gamma=obj.nkd_gamma, teacher_target_prob=t_y)

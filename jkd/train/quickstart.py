@@ -1,8 +1,8 @@
 """The quickstart pipeline: teacher -> KD students -> label-only twins -> results table.
 
 Stages (each its own workdir under the pipeline's workdir, each resumable on rerun):
-  teacher/              supervised teacher on every training label
-  kd_<method>/          for each method of config.method (comma-separated): the students it
+  teacher/              supervised config.teacher.model on every training label, config.teacher.steps
+  kd_<method>/          for each preset of config.kd_methods (comma-separated): the students it
                         applies to, distilled together from one teacher forward per batch; the KD
                         term covers every training image (the transfer set), the CE term only the
                         labelled subset (config.data.labelled_fraction), as in Hinton et al.
@@ -10,67 +10,92 @@ Stages (each its own workdir under the pipeline's workdir, each resumable on rer
 config.data.exclude_classes leaves classes out of every student stage's training data (KD transfer
 set and label-only twins alike); the teacher still trains on all classes (jkd/probes/omitted.py).
 
-Methods (presets over the distill config; see jkd/train/objectives.py and docs/METHODS.md; each
-takes its paper's loss form and defaults unless config.kd.* sets them):
+Presets (PRESETS below; each method takes its paper's loss form and defaults unless config.kd.*
+sets them, jkd/train/objectives.py and docs/METHODS.md):
   hinton, hard, dkd, nkd   kd.method for every student
+  dist                     kd.method for every student (DIST: correlation of the probabilities)
   deit                     ViT students get a distillation token (soft KD on its head: DeiT's
-                           0.9 CE + 0.1 tau^2 KL, tau = 3)
+                           0.9 CE + 0.1 tau^2 KL, tau = 3; config.kd.method=hard gives DeiT's hard form)
   vitkd                    ViT students: CE + NKD + ViTKD feature losses (cls_KD's DeiT recipe)
-  align                    ConvNeXt students: Hinton KD + alignment to the teacher's token map
+  align                    ConvNeXt students: Hinton KD (or config.kd.method) + alignment to the teacher's tokens
   fm                       function matching: KL only (no labels), T=1, mixup Beta(1, 1) on every batch
+A field a preset sets (kd.method, feature_kd.method, also in a student's overrides) must be left
+unset: setting it is a ConfigError naming the field, never silently overridden.
 Writes <workdir>/results.md and results.json and prints the table.
 """
+
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 
-import jax
-
+from jkd import checks, rundir
+from jkd.config import check_model_entry, check_renamed
 from jkd.errors import ConfigError
-from jkd.models import check_model
+from jkd.train.distill import check_config as check_distill
 from jkd.train.distill import train_distill
+from jkd.train.supervised import check_config as check_supervised
 from jkd.train.supervised import train_supervised
 
 
-METHODS = ("hinton", "hard", "dkd", "nkd", "deit", "vitkd", "align", "fm")
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """What one kd_methods preset sets on the distill config of its stage."""
+    kd_method: str | None = None        # config.kd.method
+    feature_method: str | None = None   # config.feature_kd.method
+    family: str | None = None           # only students of this family ('vit_' / 'convnext_'); None = all
+    distillation_token: bool = False    # ViT students get DeiT's distillation token
+
+
+PRESETS = {
+    "hinton": Preset(kd_method="hinton"), "hard": Preset(kd_method="hard"), "dkd": Preset(kd_method="dkd"),
+    "nkd": Preset(kd_method="nkd"), "fm": Preset(kd_method="fm"),
+    "dist": Preset(kd_method="dist"),
+    "deit": Preset(family="vit_", distillation_token=True),
+    "vitkd": Preset(kd_method="nkd", feature_method="vitkd", family="vit_"),  # cls_KD's DeiT configs: CE + NKD + ViTKD
+    "align": Preset(feature_method="align", family="convnext_"),
+}
+METHODS = tuple(PRESETS)
 
 
 def parse_methods(config) -> list[str]:
-    methods = [m.strip() for m in str(config.method).split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if not methods or unknown:
-        raise ConfigError(f"config.method: unknown {unknown or config.method!r} (known: {', '.join(METHODS)})")
-    return methods
+    """config.kd_methods as a list of preset names (ConfigError naming the field)."""
+    return checks.comma_list(config.kd_methods, METHODS, "kd_methods")
+
+
+def check_presets(config) -> None:
+    """A field a chosen preset sets must be unset in the config (and in every student's overrides)."""
+    for method in parse_methods(config):
+        preset = PRESETS[method]
+        for field, value in (("kd.method", preset.kd_method), ("feature_kd.method", preset.feature_method)):
+            if value is None:
+                continue
+            where = [("config", config)] + [(f"config.students.{n}", e) for n, e in config.students.items()]
+            for prefix, node in where:
+                if checks.has(node, field) and checks.get(node, field) is not None:
+                    raise ConfigError(f"{prefix}.{field}: the quickstart's preset {method!r} sets it to {value!r} "
+                                      f"(config.kd_methods = {config.kd_methods!r}); leave it unset and choose "
+                                      f"the method with --config.kd_methods=...")
 
 
 def method_config(config, method: str):
     """The distill config of one method preset (students it does not apply to are dropped)."""
+    preset = PRESETS[method]
+    keep = [n for n, e in config.students.items() if preset.family is None or e.name.startswith(preset.family)]
+    if not keep:
+        raise ConfigError(f"config.kd_methods: {method!r} applies to no student of config.students")
     kd = config.copy_and_resolve_references()
     with kd.unlocked():
         kd.trainer = "distill"
-        vits = [n for n, e in config.students.items() if e.name.startswith("vit_")]
-        convnexts = [n for n, e in config.students.items() if e.name.startswith("convnext_")]
-        keep = list(config.students)
-        if method in ("hinton", "hard", "dkd", "nkd", "fm"):
-            kd.kd.method = method
-        elif method == "deit":
-            keep = vits
-            for n in vits:
-                kd.students[n].kwargs.distillation_token = True
-        elif method == "vitkd":  # cls_KD's DeiT configs: CE + NKD + ViTKD
-            keep = vits
-            kd.kd.method, kd.feature_kd.method = "nkd", "vitkd"
-        elif method == "align":
-            keep = convnexts
-            kd.feature_kd.method = "align"
-        if method == "fm":  # consistent views come from the shared augmentation; mixup on every batch
-            kd.augment.mixup_alpha = config.get("fm_mixup_alpha", 1.0)
-        if not keep:
-            raise ConfigError(f"config.method: {method!r} applies to no student of config.students")
+        if preset.kd_method:
+            kd.kd.method = preset.kd_method
+        if preset.feature_method:
+            kd.feature_kd.method = preset.feature_method
         for n in list(kd.students):
             if n not in keep:
                 del kd.students[n]
+            elif preset.distillation_token:
+                kd.students[n].kwargs.distillation_token = True
     return kd
 
 
@@ -79,8 +104,8 @@ def stage_configs(config) -> dict:
     teacher = config.copy_and_resolve_references()
     with teacher.unlocked():
         teacher.trainer = "supervised"
-        teacher.model = config.teacher_model
-        teacher.steps = config.teacher_steps
+        teacher.model = config.teacher.model
+        teacher.steps = config.teacher.steps
         teacher.data.labelled_fraction = 1.0
         teacher.data.labelled_only = False
         teacher.data.exclude_classes = ()  # the teacher learns every class; only the students' transfer set omits some
@@ -97,6 +122,20 @@ def stage_configs(config) -> dict:
     return stages
 
 
+def check_config(config) -> None:
+    """Every stage's start-up checks, before the first one trains (ConfigError naming the field)."""
+    check_renamed(config)
+    if not checks.has(config, "teacher.model") or not checks.has(config, "teacher.steps"):
+        raise ConfigError("config.teacher.model / config.teacher.steps: the quickstart trains its teacher; set both")
+    check_model_entry(config.teacher.model, config, "config.teacher.model")
+    checks.positive_ints(config, "teacher.steps")
+    if not config.students:
+        raise ConfigError("config.students: the quickstart needs at least one student")
+    check_presets(config)
+    for name, stage in stage_configs(config).items():
+        (check_supervised if stage.trainer == "supervised" else check_distill)(stage)
+
+
 def results_table(rows: list[dict]) -> str:
     """Markdown table of the pipeline's rows."""
     lines = ["| model | role | params | test accuracy | train wall time (s) |", "|---|---|---:|---:|---:|"]
@@ -108,14 +147,8 @@ def results_table(rows: list[dict]) -> str:
 
 def run_quickstart(config, workdir: str) -> dict:
     """Run every stage (skipping finished ones) and write results.md/.json; returns the results."""
-    check_model(config.teacher_model.name, image_size=config.data.image_size, field="config.teacher_model",
-                **dict(config.teacher_model.get("kwargs", {})))
-    if not config.students:
-        raise ConfigError("config.students: the quickstart needs at least one student")
-    stages = stage_configs(config)  # also checks config.method
-    from jkd.config import validate
-    for cfg in stages.values():  # every stage is checked before the first one trains
-        validate(cfg)
+    check_config(config)
+    stages = stage_configs(config)
     teacher_dir = os.path.join(workdir, "teacher")
     teacher = train_supervised(stages["teacher"], teacher_dir, desc="teacher")
     kd_runs = {}
@@ -149,10 +182,6 @@ def run_quickstart(config, workdir: str) -> dict:
               f"(each method with its published loss form and defaults, docs/METHODS.md).")
     table = results_table(rows)
     results = {"seed": config.seed, "labelled_fraction": frac, "methods": parse_methods(config), "rows": rows}
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
-        with open(os.path.join(workdir, "results.md"), "w") as f:
-            f.write(header + "\n\n" + table + "\n")
-        print("\n" + header + "\n\n" + table + "\n")
+    rundir.write_json(workdir, "results.json", results)
+    rundir.report(workdir, header, table, progress=True)
     return results

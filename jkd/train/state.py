@@ -14,7 +14,6 @@ import dataclasses
 
 import flax
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -77,10 +76,16 @@ def init_params(spec: ModelSpec, seed: int) -> dict:
     return nnx.to_pure_dict(nnx.split(spec.build(seed))[1])
 
 
-def apply_model(graphdef, params: dict, images: jax.Array, key: jax.Array | None = None,
-                return_features: bool = False):
-    """Forward pass: images [B, H, W, C] -> logits [B, K] (or the model's feature dict)."""
-    return nnx.merge(graphdef, params)(images, key=key, return_features=return_features)
+def apply_model(graphdef, params: dict, images: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    """Forward pass: images [B, H, W, C] -> logits [B, K] (model_features for the intermediates)."""
+    return nnx.merge(graphdef, params)(images, key=key)
+
+
+def model_features(graphdef, params: dict, images: jax.Array, key: jax.Array | None = None) -> dict:
+    """Forward pass with the intermediates: images [B, H, W, C] -> {'logits' [B, K], and per family
+    'tokens' (ViT: per block [B, T, D]), 'stages' (ConvNeXt: per stage [B, H', W', C']) or 'hidden'
+    (MLP: per layer [B, width]), ...}."""
+    return nnx.merge(graphdef, params)(images, key=key, return_features=True)
 
 
 def make_optimizer(opt_cfg, total_steps: int, field: str = "config.optimizer") -> optax.GradientTransformation:
@@ -112,14 +117,3 @@ def lr_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=opt_cfg.lr, warmup_steps=opt_cfg.warmup_steps, decay_steps=total_steps,
         end_value=opt_cfg.lr * opt_cfg.get("final_lr_ratio", 0.0))
-
-
-def init_state(specs: dict, txs: dict, seed: int) -> TrainState:
-    """Initial state for models {name: ModelSpec} with optimizers {name: tx}.
-
-    Every model is initialised from `seed` alone, so a KD student and its label-only twin trained
-    in another run with the same seed start from identical weights.
-    """
-    params = {name: init_params(spec, seed) for name, spec in specs.items()}
-    return TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(seed), params=params,
-                      opt_state={name: txs[name].init(p) for name, p in params.items()})

@@ -10,6 +10,8 @@ Shardings are applied by the caller's jax.jit (jkd.train.loop).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -17,9 +19,26 @@ import optax
 from jkd import losses
 from jkd.data.augment import augment_batch
 from jkd.train.objectives import feature_term, kd_term, needs_features
-from jkd.train.state import TrainState, apply_model
+from jkd.train.state import TrainState, apply_model, model_features
 
 HEADS_SUFFIX = "__kd_heads"
+
+
+class _Batch(NamedTuple):
+    """The augmented batch: images [B, H, W, C], label_mask [B] f32, targets [B, K] (smoothed label
+    distributions), hard_labels [B] int (argmax of the unsmoothed ones)."""
+    images: jax.Array
+    label_mask: jax.Array
+    targets: jax.Array
+    hard_labels: jax.Array
+
+
+class _Teacher(NamedTuple):
+    """Frozen teacher outputs: out (the first teacher's features dict, or None when no objective needs
+    them), logits [M, B, K], target_classes [B] int (DKD/NKD's target class per example)."""
+    out: dict | None
+    logits: jax.Array
+    target_classes: jax.Array
 
 
 def make_train_step(graphdefs: dict, txs: dict, *, num_classes: int, augment_cfg, objectives: dict | None = None,
@@ -39,69 +58,108 @@ def make_train_step(graphdefs: dict, txs: dict, *, num_classes: int, augment_cfg
     def step(state: TrainState, batch: dict, teacher_params=()):
         key = jax.random.fold_in(state.rng, state.step)
         aug_key, *model_keys = jax.random.split(key, 1 + 2 * len(names))
-        batch = augment_batch(aug_key, batch, num_classes=num_classes, crop_scale=augment_cfg.crop_scale,
-                              flip=augment_cfg.flip, mixup_alpha=augment_cfg.mixup_alpha)
-        images, label_mask = batch["image"], batch["label_mask"]
-        # Label smoothing on (possibly mixed) label distributions.
-        targets = batch["label_probs"] * (1.0 - label_smoothing) + label_smoothing / num_classes
-        hard_labels = jnp.argmax(batch["label_probs"], -1)
-
-        teacher_out, teacher_logits = None, None
+        b = _augmented_batch(aug_key, batch, num_classes=num_classes, augment_cfg=augment_cfg,
+                             label_smoothing=label_smoothing)
+        teacher = None
         if teacher_graphdefs:
-            outs = [apply_model(g, p, images, return_features=teacher_features and i == 0)
-                    for i, (g, p) in enumerate(zip(teacher_graphdefs, teacher_params))]
-            outs = jax.lax.stop_gradient(outs)
-            teacher_out = outs[0] if teacher_features else None
-            teacher_logits = jnp.stack([o["logits"] if isinstance(o, dict) else o for o in outs])  # [M, B, K]
-            # DKD/NKD need a target class for every example: the label where usable, else the
-            # teachers' (mean) prediction.
-            teacher_pred = jnp.argmax(jax.nn.softmax(teacher_logits, -1).mean(0), -1)
-            target_classes = jnp.where(label_mask > 0, hard_labels, teacher_pred)
+            teacher = _teacher_forward(teacher_graphdefs, teacher_params, b, with_features=teacher_features)
 
         new_params, new_opt, metrics = dict(state.params), dict(state.opt_state), {}
         for i, name in enumerate(names):
-            obj = objectives.get(name)
-            heads_name = name + HEADS_SUFFIX
             trainable = {name: state.params[name]}
-            if heads_name in state.params:
-                trainable[heads_name] = state.params[heads_name]
+            if name + HEADS_SUFFIX in state.params:
+                trainable[name + HEADS_SUFFIX] = state.params[name + HEADS_SUFFIX]
 
             def loss_fn(trainable):
-                out = apply_model(graphdefs[name], trainable[name], images, key=model_keys[2 * i],
-                                  return_features=obj is not None and (obj.deit or obj.feature != "none"))
-                logits = out["logits"] if isinstance(out, dict) else out
-                if obj is None:
-                    ce = losses.soft_cross_entropy(logits, targets, weights=label_mask)
-                    return ce, ({"ce": ce}, logits)
-                ce_logits, kd_logits = (out["cls_logits"], out["dist_logits"]) if obj.deit else (logits, logits)
-                ce = losses.soft_cross_entropy(ce_logits, targets, weights=label_mask)
-                kd, parts = kd_term(obj, kd_logits, teacher_logits, target_classes, state.step)
-                loss = obj.weight * kd + obj.ce_weight * ce  # each method's published form
-                parts = {"ce": ce, "kd": kd, **parts}
-                if obj.feature != "none":
-                    feat, feat_parts = feature_term(obj, out, teacher_out, head_graphdefs[name], trainable[heads_name],
-                                                    model_keys[2 * i + 1])
-                    loss = loss + feat
-                    parts.update(feat_parts)
-                return loss, (parts, logits)
+                return _student_loss(trainable, name=name, obj=objectives.get(name), graphdef=graphdefs[name],
+                                     head_graphdefs=head_graphdefs, batch=b, teacher=teacher, step=state.step,
+                                     keys=(model_keys[2 * i], model_keys[2 * i + 1]))
 
             (loss, (parts, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-            for part_name in trainable:
-                updates, new_opt[part_name] = txs[part_name].update(grads[part_name], state.opt_state[part_name],
-                                                                    state.params[part_name])
-                new_params[part_name] = optax.apply_updates(state.params[part_name], updates)
-            metrics[f"{name}/loss"] = loss
-            metrics[f"{name}/grad_norm"] = optax.tree.norm(grads[name])
-            metrics[f"{name}/train_accuracy"] = losses.weighted_mean(
-                (jnp.argmax(logits, -1) == hard_labels).astype(jnp.float32), label_mask)
-            for part, value in parts.items():
-                metrics[f"{name}/{part}"] = value
-            if schedules:
-                metrics[f"{name}/lr"] = schedules[name](state.step)
+            _apply_updates(txs, state, trainable, grads, new_params, new_opt)
+            metrics.update(_student_metrics(name, loss, parts, logits, grads, b, state.step,
+                                            schedules[name] if schedules else None))
         new_state = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt)
         return new_state, metrics
 
     return step
+
+
+def _augmented_batch(aug_key, batch: dict, *, num_classes: int, augment_cfg, label_smoothing: float) -> _Batch:
+    """Augment the batch once (batch: image [B, H, W, C], label [B], label_mask [B]) and build the
+    CE targets: label smoothing on the (possibly mixed) label distributions label_probs [B, K]."""
+    batch = augment_batch(aug_key, batch, num_classes=num_classes, crop_scale=augment_cfg.crop_scale,
+                          flip=augment_cfg.flip, mixup_alpha=augment_cfg.mixup_alpha)
+    images, label_mask = batch["image"], batch["label_mask"]
+    # Label smoothing on (possibly mixed) label distributions.
+    targets = batch["label_probs"] * (1.0 - label_smoothing) + label_smoothing / num_classes
+    hard_labels = jnp.argmax(batch["label_probs"], -1)
+    return _Batch(images, label_mask, targets, hard_labels)
+
+
+def _teacher_forward(teacher_graphdefs: tuple, teacher_params: tuple, b: _Batch, *, with_features: bool) -> _Teacher:
+    """Every teacher once on b.images [B, H, W, C], frozen (stop_gradient): logits [M, B, K], the first
+    teacher's features when with_features (feature KD), and the per-example target classes [B]."""
+    teacher_out = None
+    if with_features:  # feature KD learns from the first teacher's intermediates
+        teacher_out = jax.lax.stop_gradient(model_features(teacher_graphdefs[0], teacher_params[0], b.images))
+    teacher_logits = jax.lax.stop_gradient(jnp.stack([  # [M, B, K]
+        teacher_out["logits"] if i == 0 and teacher_out is not None else apply_model(g, p, b.images)
+        for i, (g, p) in enumerate(zip(teacher_graphdefs, teacher_params))]))
+    # DKD/NKD need a target class for every example: the label where usable, else the
+    # teachers' (mean) prediction.
+    teacher_pred = jnp.argmax(jax.nn.softmax(teacher_logits, -1).mean(0), -1)
+    target_classes = jnp.where(b.label_mask > 0, b.hard_labels, teacher_pred)
+    return _Teacher(teacher_out, teacher_logits, target_classes)
+
+
+def _student_loss(trainable: dict, *, name: str, obj, graphdef, head_graphdefs: dict, batch: _Batch,
+                  teacher: _Teacher | None, step, keys: tuple):
+    """One student's objective: trainable {name: params[, name + HEADS_SUFFIX: head params]} ->
+    (loss scalar, (parts {metric: scalar}, logits [B, K])). obj None: CE on the labels; else the
+    method's KD term (+ feature term) and CE. keys: (student dropout key, feature-head key)."""
+    heads_name = name + HEADS_SUFFIX
+    with_features = obj is not None and (obj.deit or obj.feature != "none")
+    forward = model_features if with_features else apply_model
+    out = forward(graphdef, trainable[name], batch.images, key=keys[0])
+    logits = out["logits"] if with_features else out
+    if obj is None:
+        ce = losses.soft_cross_entropy(logits, batch.targets, weights=batch.label_mask)
+        return ce, ({"ce": ce}, logits)
+    ce_logits, kd_logits = (out["cls_logits"], out["dist_logits"]) if obj.deit else (logits, logits)
+    ce = losses.soft_cross_entropy(ce_logits, batch.targets, weights=batch.label_mask)
+    kd, parts = kd_term(obj, kd_logits, teacher.logits, teacher.target_classes, step)
+    loss = obj.weight * kd + obj.ce_weight * ce  # each method's published form
+    parts = {"ce": ce, "kd": kd, **parts}
+    if obj.feature != "none":
+        feat, feat_parts = feature_term(obj, out, teacher.out, head_graphdefs[name], trainable[heads_name],
+                                        keys[1])
+        loss = loss + feat
+        parts.update(feat_parts)
+    return loss, (parts, logits)
+
+
+def _apply_updates(txs: dict, state: TrainState, trainable: dict, grads: dict, new_params: dict,
+                   new_opt: dict) -> None:
+    """One optax update of every trainable part (a student and its KD heads), into new_params / new_opt."""
+    for part_name in trainable:
+        updates, new_opt[part_name] = txs[part_name].update(grads[part_name], state.opt_state[part_name],
+                                                            state.params[part_name])
+        new_params[part_name] = optax.apply_updates(state.params[part_name], updates)
+
+
+def _student_metrics(name: str, loss, parts: dict, logits, grads: dict, b: _Batch, step, schedule) -> dict:
+    """{f'{name}/{metric}': scalar}: loss, grad_norm (of the student, not its heads), train_accuracy
+    (logits [B, K] vs b.hard_labels over usable labels), the loss parts, and lr with a schedule."""
+    metrics = {f"{name}/loss": loss}
+    metrics[f"{name}/grad_norm"] = optax.tree.norm(grads[name])
+    metrics[f"{name}/train_accuracy"] = losses.weighted_mean(
+        (jnp.argmax(logits, -1) == b.hard_labels).astype(jnp.float32), b.label_mask)
+    for part, value in parts.items():
+        metrics[f"{name}/{part}"] = value
+    if schedule is not None:
+        metrics[f"{name}/lr"] = schedule(step)
+    return metrics
 
 
 def make_eval_step(graphdefs: dict, teacher_graphdefs: tuple = ()):
