@@ -31,6 +31,7 @@ from jkd.config import base_config, model_config
 def get_config(arg=None):
     c = base_config()
     c.trainer = "omitted"
+    del c.model                        # each stage's model comes from teacher.model / students
     c.data.image_size = 8              # the digits' own resolution: 64 inputs, as MNIST's MLPs see raw pixels
     c.data.channels = 1
     c.data.labelled_fraction = 1.0     # the transfer set carries all its labels (the paper's setting)

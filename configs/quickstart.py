@@ -21,6 +21,7 @@ from jkd.config import base_config, model_config
 def get_config(arg=None):
     c = base_config()
     c.trainer = "quickstart"
+    del c.model                        # each stage's model comes from teacher.model / students
     c.data.image_size = 16             # 8x8 digits upsampled to 16x16, one channel
     c.data.channels = 1
     c.data.labelled_fraction = 0.1     # students' labelled subset (stratified, fixed)

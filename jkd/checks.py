@@ -52,6 +52,13 @@ def positive_ints(config, *fields, root: str = "config") -> None:
             raise ConfigError(f"{root}.{f}: must be a positive integer, got {value!r}")
 
 
+def int_at_least(config, field: str, low: int, what: str = "") -> None:
+    """config.<field> must be an integer >= low; `what` says what the field counts."""
+    value = get(config, field)
+    if not _is_int(value) or value < low:
+        raise ConfigError(f"config.{field}: {what + ', ' if what else ''}must be an integer >= {low}, got {value!r}")
+
+
 def positive(config, *fields) -> None:
     """Every config.<field> must be a number > 0."""
     for f in fields:

@@ -155,7 +155,8 @@ RENAMED_FIELDS = {
     "method": "kd_methods (the quickstart's comma-separated KD method presets; config.kd.method is the "
               "logit loss of a distill run)",
     "teacher_model": "teacher.model",
-    "teacher_steps": "teacher.steps (a stage's step count is always <stage>.steps)",
+    "teacher_steps": "teacher.steps (a trained stage's step count is steps in its group; the top-level steps "
+                     "is the run's own models)",
     "fm_mixup_alpha": "augment.mixup_alpha (None = Beta(1, 1) mixup on every batch when a student uses kd.method=fm)",
     "ensemble_size": "ensemble.size",
     "ensemble_target": "teacher.ensemble (how several teachers' targets combine: mean_probs | mean_loss)",

@@ -45,6 +45,10 @@ def parse_flags(argv: list[str]) -> list[str]:
         bad = m.group(2) if m else text.strip("'\"").split("\\n")[0].strip("'\"")
         arg = next((a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and
                     re.search(rf"[.]{re.escape(bad)}(?:[.=]|$)", a)), "--config")
+        from jkd.trainers import renamed_hint
+        hint = renamed_hint(arg[len("--config."):]) if arg.startswith("--config.") else None
+        if hint:
+            _fail(f"{arg}: {hint}")
         _fail(f"{arg}: the config has no field {bad!r}" + (f"; did you mean {m.group(1)!r}?" if m else ""))
 
 

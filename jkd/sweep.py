@@ -72,6 +72,9 @@ def get_field(config, field: str):
     node = config
     for i, part in enumerate(field.split(".")):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            from jkd.trainers import renamed_hint
+            if renamed_hint(field):
+                raise ConfigError(f"config.{field}: {renamed_hint(field)}")
             close = difflib.get_close_matches(field, field_names(config), n=3, cutoff=0.6)
             hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
             raise ConfigError(f"config.{field}: unknown field{hint}")

@@ -26,7 +26,8 @@ class Trainer:
     check: str             # 'module:function', check(config) -> None
     runner: str            # 'module:function', run(config, workdir) -> summary
     figures: str = ""      # 'module:function' for jkd.sweep, or '' (none)
-    about: str = ""        # one line for --help and the docs
+    renamed: str = ""      # 'module:TABLE' of the trainer's own renamed fields {old: 'new (why)'}, or ''
+    about: str = ""        # one line: what the trainer runs (docs/ARCHITECTURE.md)
 
     def check_config(self, config) -> None:
         _resolve(self.check)(config)
@@ -51,14 +52,14 @@ REGISTRY = {t.name: t for t in (
     Trainer("ensemble", "jkd.probes.ensemble:check_config", "jkd.probes.ensemble:run_ensemble",
             about="independent members -> ensemble, KD from the ensemble, self-distillation (real nets)"),
     Trainer("theory", "jkd.probes.theory:check_config", "jkd.probes.theory:run",
-            "jkd.probes.theory_report:sweep_figures",
+            "jkd.probes.theory_report:sweep_figures", "jkd.probes.theory:RENAMED",
             about="Allen-Zhu & Li's multi-view data: ensemble / KD / self-distillation of the analysed net, "
                   "random features, NTK"),
     Trainer("spurious", "jkd.probes.spurious:check_config", "jkd.probes.spurious:run",
-            "jkd.probes.spurious:sweep_figures",
+            "jkd.probes.spurious:sweep_figures", "jkd.probes.spurious:RENAMED",
             about="group fairness under KD on spurious-correlation data; early-exit reweighted KD"),
     Trainer("augmentation", "jkd.probes.augmentation:check_config", "jkd.probes.augmentation:run",
-            "jkd.probes.augmentation:sweep_figures",
+            "jkd.probes.augmentation:sweep_figures", "jkd.probes.augmentation:RENAMED",
             about="class confusions from random-resized crops, the class-conditional remedy, and KD"),
 )}
 
@@ -69,6 +70,18 @@ RENAMED = {"fairness": "'spurious' or 'augmentation' (config.probe is gone: the 
 def _resolve(ref: str):
     module, name = ref.split(":")
     return getattr(importlib.import_module(module), name)
+
+
+def renamed_hint(field: str) -> str | None:
+    """'renamed to <new> (...)' if the dotted `field` is an old name in the config's or any trainer's
+    rename table (for the CLIs, whose override parser only knows the fields a config has)."""
+    from jkd.config import RENAMED_FIELDS, RENAMED_KD_FIELDS
+    field = field.split("=")[0]
+    hits = [RENAMED_FIELDS.get(field), RENAMED_KD_FIELDS.get(field)]
+    hits += [f"{_resolve(t.renamed)[field]} (trainer {t.name})" for t in REGISTRY.values()
+             if t.renamed and field in _resolve(t.renamed)]
+    hits = [h for h in hits if h]
+    return "renamed to " + " or ".join(hits) if hits else None
 
 
 def get(name) -> Trainer:

@@ -85,15 +85,39 @@ def test_cycle_finder_finds_a_planted_cycle():
     assert cycle and cycle[0] == cycle[-1] and "jkd.config" in cycle
 
 
+# docs/ARCHITECTURE.md's layers, bottom first: a module imports from its own layer or below.
+LAYERS = [
+    ("bottom", ["jkd.errors", "jkd.checks", "jkd.config", "jkd.models", "jkd.data", "jkd.losses", "jkd.flops",
+                "jkd.weight_files", "jkd.vit_layouts"]),
+    ("specs", ["jkd.train.state"]),
+    ("run-level", ["jkd.checkpoint", "jkd.sharding", "jkd.rundir", "jkd.distributed", "jkd.evaluate"]),
+    ("export", ["jkd.export"]),
+    ("train", ["jkd.train"]),
+    ("probes", ["jkd.probes"]),
+    ("registry", ["jkd.trainers"]),
+    ("CLI", ["jkd.main", "jkd.sweep", "jkd.sweep_report", "jkd.bench", "jkd.report", "jkd.pretrained",
+             "jkd.export.__main__"]),
+]
+
+
+def layer_of(module: str) -> int | None:
+    """Index in LAYERS of the longest prefix that names `module` (None: not placed)."""
+    best = None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and (best is None or len(p) > best[1]):
+                best = (i, len(p))
+    return None if best is None else best[0]
+
+
 def test_layers_import_downward():
-    """The bottom layer (errors, checks, config, models, data, losses) imports nothing above it, and
-    nothing but the CLIs imports the registry."""
+    """Every jkd module is placed in a layer and imports only from its layer or below; nothing but
+    the CLIs imports the registry."""
     graph = import_graph()
-    upper = ("jkd.train", "jkd.probes", "jkd.export", "jkd.trainers", "jkd.sweep", "jkd.main", "jkd.bench")
-    for module in ("jkd.errors", "jkd.checks", "jkd.config", "jkd.losses", "jkd.models", "jkd.data"):
-        for name, edges in graph.items():
-            if name == module or name.startswith(module + "."):
-                assert not [e for e in edges if e.startswith(upper)], f"{name} imports upward: {edges}"
+    unplaced = [m for m in graph if m != "jkd" and layer_of(m) is None]
+    assert not unplaced, f"place these modules in LAYERS and docs/ARCHITECTURE.md: {unplaced}"
+    upward = [(m, e) for m, edges in graph.items() if m != "jkd" for e in edges if layer_of(e) > layer_of(m)]
+    assert not upward, [(m, LAYERS[layer_of(m)][0], "->", e, LAYERS[layer_of(e)][0]) for m, e in upward]
     importers = sorted(n for n, edges in graph.items() if "jkd.trainers" in edges)
     assert importers == ["jkd.main", "jkd.sweep", "jkd.sweep_report"], importers
 
@@ -117,7 +141,13 @@ def test_unknown_and_renamed_trainers_are_config_errors():
 
 
 def test_one_dispatch():
-    """jkd.main and jkd.sweep hold no per-trainer branches: the registry is the only dispatch."""
+    """No module branches on config.trainer: the registry (and, for pipeline stages, jkd/train/stages.py)
+    is the only dispatch; the CLIs name no trainer."""
+    for path in PACKAGE.rglob("*.py"):
+        if path.name in ("trainers.py", "stages.py"):
+            continue
+        text = path.read_text()
+        assert ".trainer ==" not in text and ".trainer in (" not in text and ".probe ==" not in text, path
     for cli in ("main.py", "sweep.py", "sweep_report.py"):
         text = (PACKAGE / cli).read_text()
         for name in trainers.REGISTRY:

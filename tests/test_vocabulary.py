@@ -114,3 +114,45 @@ def test_every_stage_is_checked_before_the_first_trains(tmp_path):
     with pytest.raises(ConfigError, match=r"config\.optimizer\.warmup_steps: 100 must be < the 100 train steps"):
         run(c, str(tmp_path))
     assert not os.path.exists(tmp_path / "teacher")
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(kd_methods="deit", kd__method="nope"), r"config\.students\.vit\.kd\.method: unknown 'nope'"),
+    (dict(kd__setting="foo"), r"kd\.setting: unknown 'foo'"),
+    (dict(teacher__ensemble="foo"), r"config\.teacher\.ensemble: unknown 'foo'"),
+    (dict(kd_methods="align", feature_kd__align_loss="bad"), r"feature_kd\.align_loss: 'cosine' or 'mse'"),
+    (dict(teacher__checkpoint="/some/teacher"), r"config\.teacher\.checkpoint: the quickstart pipeline trains its own"),
+])
+def test_kd_settings_and_pipeline_owned_fields_fail_before_the_teacher_trains(tmp_path, fields, match):
+    from jkd.main import run
+    with pytest.raises(ConfigError, match=match):
+        run(_quickstart(**fields), str(tmp_path))
+    assert not os.path.exists(tmp_path / "teacher")
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("students", {"s": model_config("vit_atto4")}, r"config\.students: the ensemble probe trains config\.model"),
+    ("kd.method", "nope", r"kd\.method: unknown 'nope'"),
+])
+def test_ensemble_probe_refuses_fields_its_stages_set_or_cannot_use(field, value, match):
+    c = load_config(os.path.join(REPO, "configs/ensemble_kd.py:tiny"))
+    *groups, leaf = field.split(".")
+    with c.unlocked():
+        node = c
+        for g in groups:
+            node = node[g]
+        node[leaf] = value
+    with pytest.raises(ConfigError, match=match):
+        validate(c)
+
+
+def test_old_names_on_the_command_line_say_what_they_were_renamed_to(tmp_path):
+    from jkd import sweep
+    proc = subprocess.run([sys.executable, "-m", "jkd.main", "--config", os.path.join(REPO, "configs/quickstart.py"),
+                           "--workdir", str(tmp_path), "--config.teacher_steps=300"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "--config.teacher_steps: renamed to teacher.steps" in proc.stderr, proc.stderr
+    with pytest.raises(ConfigError, match=r"config\.method: renamed to kd_methods"):
+        sweep.plan(os.path.join(REPO, "configs/quickstart.py"), ["method=hinton,dkd"], [])
+    with pytest.raises(ConfigError, match=r"config\.kd\.students: renamed to kd\.num_students .*\(trainer theory\)"):
+        sweep.plan(os.path.join(REPO, "configs/theory/multiview.py"), [], ["kd.students=3"])

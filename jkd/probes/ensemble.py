@@ -24,10 +24,7 @@ import numpy as np
 
 from jkd import checks, rundir
 from jkd.errors import ConfigError
-from jkd.train.distill import check_config as check_distill
-from jkd.train.distill import train_distill
-from jkd.train.supervised import check_config as check_supervised
-from jkd.train.supervised import train_supervised
+from jkd.train.stages import check_stage, run_stage
 
 
 def _stage(config, trainer: str, seed: int):
@@ -43,13 +40,18 @@ def _stage(config, trainer: str, seed: int):
 
 def stage_configs(config, workdir: str) -> dict:
     """{stage name: (config, workdir)} for every stage of the probe, in run order."""
-    size = config.ensemble.size if checks.has(config, "ensemble.size") else None
-    if not isinstance(size, int) or isinstance(size, bool) or size < 2:
-        raise ConfigError(f"config.ensemble.size: an ensemble needs an integer >= 2 members, got {size!r}")
-    gens = config.generations
-    if not isinstance(gens, int) or isinstance(gens, bool) or gens < 0:
-        raise ConfigError(f"config.generations: self-distillation generations, an integer >= 0 (0 = skip), "
-                          f"got {gens!r}")
+    if not checks.has(config, "ensemble.size"):
+        raise ConfigError("config.ensemble.size: the ensemble probe needs its number of members")
+    checks.int_at_least(config, "ensemble.size", 2, "the ensemble's members")
+    checks.int_at_least(config, "generations", 0, "self-distillation generations (0 = skip)")
+    size, gens = config.ensemble.size, config.generations
+    # Fields each stage sets itself: a value here would be silently replaced, so it is refused.
+    if config.get("students"):
+        raise ConfigError("config.students: the ensemble probe trains config.model in every stage; "
+                          f"remove config.students (got {list(config.students)})")
+    if config.teacher.get("checkpoint"):
+        raise ConfigError("config.teacher.checkpoint: the ensemble probe's teachers are its own members "
+                          f"(single_*); got {config.teacher.checkpoint!r}")
     base = 1000 * config.seed
     singles = {f"single_{i}": (_stage(config, "supervised", base + i), os.path.join(workdir, f"single_{i}"))
                for i in range(size)}
@@ -71,7 +73,7 @@ def check_config(config) -> None:
     """Every stage's start-up checks (run before any training; also used by jkd.sweep)."""
     for stage, _ in stage_configs(config, "/unused").values():
         # the teachers are checked when their stage loads them
-        (check_supervised if stage.trainer == "supervised" else check_distill)(stage)
+        check_stage(stage)
 
 
 def results_table(summary: dict) -> str:
@@ -98,8 +100,7 @@ def run_ensemble(config, workdir: str) -> dict:
     stages = stage_configs(config, workdir)
     runs = {}
     for name, (stage, stage_dir) in stages.items():
-        train = train_supervised if stage.trainer == "supervised" else train_distill
-        runs[name] = train(stage, stage_dir, desc=name.replace("_", " "))
+        runs[name] = run_stage(stage, stage_dir, desc=name.replace("_", " "))
 
     each = [runs[n]["models"]["model"]["accuracy"] for n in stages if n.startswith("single_")]
     kd = runs["kd_ensemble"]

@@ -393,7 +393,6 @@ def sweep_figures(records: list[dict], out_dir: str, group_of) -> list[str]:
             lines.append(f"| {role} - {ref} | " + " | ".join(cells) + " |")
         lines.append("")
     if lines:
-        with open(os.path.join(out_dir, "paired_differences.md"), "w") as f:
-            f.write("\n".join(lines))
+        rundir.write_text(out_dir, "paired_differences.md", "\n".join(lines))
         paths.append(os.path.join(out_dir, "paired_differences.md"))
     return paths

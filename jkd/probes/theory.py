@@ -59,7 +59,7 @@ RENAMED = {
     "model.q": f"net.q ({_NET_FIELDS})",
     "model.varrho": f"net.varrho ({_NET_FIELDS})",
     "model.init_std": f"net.init_std ({_NET_FIELDS})",
-    "train.steps": f"net.steps ({_NET_FIELDS}; a stage's step count is always <stage>.steps)",
+    "train.steps": f"net.steps ({_NET_FIELDS}; a trained stage's step count is steps in its group)",
     "train.lr": f"net.lr ({_NET_FIELDS})",
     "train.batch_size": f"net.batch_size ({_NET_FIELDS}; it applies to rf and ntk too)",
     "train.log_every": "log_every (top level, as in every jkd recipe)",

@@ -10,19 +10,17 @@ from its own seed (generation_seed: new init, data order and augmentation draws;
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
-import jax
 import numpy as np
 
-from jkd import checkpoint, sharding
+from jkd import checkpoint, checks, rundir, sharding
 from jkd.config import check_model_entry, check_run
 from jkd.data import make_data
 from jkd.errors import ConfigError
 from jkd.models import check_model, parse_model_name
 from jkd.train.loop import fit
-from jkd.train.objectives import build_heads, resolve_objective
+from jkd.train.objectives import build_heads, check_objective_fields, resolve_objective
 from jkd.train.state import graphdef_and_shapes
 from jkd.train.supervised import model_spec
 
@@ -101,11 +99,11 @@ def check_config(config) -> None:
             raise ConfigError(f"config.students.{name}.kwargs.distillation_token: the DeiT distillation "
                               f"token is a ViT option; {entry.name!r} is not a ViT")
         check_model_entry(entry, config, f"config.students.{name}")
-    if not isinstance(config.generations, int) or isinstance(config.generations, bool) or config.generations < 1:
-        raise ConfigError(f"config.generations: must be an integer >= 1, got {config.generations!r}")
+    checks.int_at_least(config, "generations", 1)
     if config.generations > 1 and len(config.students) != 1:
         raise ConfigError(f"config.generations: self-distillation over generations trains one student; "
                           f"config.students has {len(config.students)}")
+    check_objective_fields(config)  # the KD settings, before a pipeline trains the teacher
 
 
 def _distill_once(config, workdir: str, desc: str) -> dict:
@@ -166,11 +164,7 @@ def train_distill(config, workdir: str, *, desc: str = "distill") -> dict:
                           "seed": gen.seed})
     table = generations_table(summaries, student)
     summary = {**summaries[-1], "generations": summaries}
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.md"), "w") as f:
-            f.write(f"Self-distillation over {config.generations} generations ({student}: "
-                    f"{config.students[student].name})\n\n{table}\n")
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        print("\n" + table + "\n")
+    header = f"Self-distillation over {config.generations} generations ({student}: {config.students[student].name})"
+    rundir.write_json(workdir, "summary.json", summary)
+    rundir.report(workdir, header, table, progress=True)
     return summary

@@ -1,5 +1,7 @@
-"""The one training loop behind every trainer: mesh, sharded init or resume, compiled step, eval,
-JSON-lines metrics, progress bar, async checkpoints, summary.
+"""The training loop of every jkd.train trainer (supervised, distill, and the pipelines' stages):
+mesh, sharded init or resume, compiled step, eval, JSON-lines metrics, progress bar, async
+checkpoints, summary. The probes that train many small models at once have their own vmapped
+loops (jkd/probes/multiseed.py, jkd/probes/theory.py; each says why).
 
     summary, state = fit(config, workdir, specs={'vit': ModelSpec(...)}, data=data, teachers=(), ...)
     steps = compile_steps(config, mesh, specs, num_classes=10, teachers=...)   # what fit and jkd.bench run

@@ -145,9 +145,9 @@ def _merged(defaults, override) -> dict:
     return out
 
 
-def resolve_objective(config, name: str, entry, student_spec, teacher_specs: list) -> Objective:
-    """Merge config.kd / config.feature_kd with the student's overrides and check them against the
-    models (before anything is built). Raises ConfigError naming the field."""
+def _student_blocks(config, name: str, entry) -> tuple[str, dict, dict]:
+    """(field prefix, kd block, feature_kd block) of one student: config.kd / config.feature_kd with
+    its overrides merged, unset method placeholders filled, names and the ensemble mode checked."""
     field = f"config.students.{name}"
     kd = _merged(config.kd, entry.get("kd"))
     feat = _merged(config.feature_kd, entry.get("feature_kd"))
@@ -161,6 +161,38 @@ def resolve_objective(config, name: str, entry, student_spec, teacher_specs: lis
     if config.teacher.ensemble not in ENSEMBLE_MODES:
         raise ConfigError(f"config.teacher.ensemble: unknown {config.teacher.ensemble!r} "
                           f"(known: {', '.join(ENSEMBLE_MODES)})")
+    return field, kd, feat
+
+
+def _feature_options(feat: dict, field: str) -> dict:
+    """The ViTKD fields with unset ones at their published values; align and mask options checked."""
+    if feat["method"] == "align":
+        if feat["align_stage"] not in (-4, -3, -2, -1, 0, 1, 2, 3):
+            raise ConfigError(f"{field}.feature_kd.align_stage: ConvNeXt has stages 0..3, got {feat['align_stage']}")
+        if feat["align_loss"] not in ("cosine", "mse"):
+            raise ConfigError(f"{field}.feature_kd.align_loss: 'cosine' or 'mse', got {feat['align_loss']!r}")
+    out = {k: (VITKD_DEFAULTS[k] if feat.get(k) is None else feat[k]) for k in VITKD_DEFAULTS}
+    if not 0.0 < out["mask_ratio"] < 1.0:
+        raise ConfigError(f"{field}.feature_kd.mask_ratio: must be in (0, 1), got {out['mask_ratio']}")
+    return out
+
+
+def check_objective_fields(config) -> None:
+    """The teacher-independent checks of resolve_objective, for every student, at start-up (before a
+    pipeline trains the teacher it will load): method names, setting, ensemble mode, every kd
+    number, the feature options. The checks that need the teacher run when it is loaded."""
+    for name, entry in config.students.items():
+        field, kd, feat = _student_blocks(config, name, entry)
+        family, _ = parse_model_name(entry.name, f"{field}.name")
+        deit = bool(dict(entry.get("kwargs", {})).get("distillation_token", False))
+        resolve_kd(kd, deit=deit, vit_student=family == "vit", field=field)
+        _feature_options(feat, field)
+
+
+def resolve_objective(config, name: str, entry, student_spec, teacher_specs: list) -> Objective:
+    """Merge config.kd / config.feature_kd with the student's overrides and check them against the
+    models (before anything is built). Raises ConfigError naming the field."""
+    field, kd, feat = _student_blocks(config, name, entry)
     family, arch = parse_model_name(student_spec.name, f"{field}.name")
     kwargs = dict(student_spec.kwargs)
     deit = bool(kwargs.get("distillation_token", False))
@@ -183,19 +215,11 @@ def resolve_objective(config, name: str, entry, student_spec, teacher_specs: lis
             if s_grid != t_grid:
                 raise ConfigError(f"{field}.feature_kd.method: 'vitkd' needs the same patch grid; student "
                                   f"{s_grid}x{s_grid}, teacher {t_grid}x{t_grid}")
-        if feat["method"] == "align":
-            if family != "convnext":
-                raise ConfigError(f"{field}.feature_kd.method: 'align' projects a ConvNeXt stage; "
-                                  f"{student_spec.name!r} is a {family} (use 'vitkd' for ViT students)")
-            if feat["align_stage"] not in (-4, -3, -2, -1, 0, 1, 2, 3):
-                raise ConfigError(f"{field}.feature_kd.align_stage: ConvNeXt has stages 0..3, got "
-                                  f"{feat['align_stage']}")
-            if feat["align_loss"] not in ("cosine", "mse"):
-                raise ConfigError(f"{field}.feature_kd.align_loss: 'cosine' or 'mse', got {feat['align_loss']!r}")
+        if feat["method"] == "align" and family != "convnext":
+            raise ConfigError(f"{field}.feature_kd.method: 'align' projects a ConvNeXt stage; "
+                              f"{student_spec.name!r} is a {family} (use 'vitkd' for ViT students)")
     resolved = resolve_kd(kd, deit=deit, vit_student=family == "vit", field=field)
-    feat_fields = {k: (VITKD_DEFAULTS[k] if feat.get(k) is None else feat[k]) for k in VITKD_DEFAULTS}
-    if not 0.0 < feat_fields["mask_ratio"] < 1.0:
-        raise ConfigError(f"{field}.feature_kd.mask_ratio: must be in (0, 1), got {feat_fields['mask_ratio']}")
+    feat_fields = _feature_options(feat, field)
     return Objective(
         method=kd["method"], temperature=float(resolved["temperature"]), weight=float(resolved["weight"]),
         ce_weight=float(resolved["ce_weight"]), hard_label_smoothing=float(resolved["hard_label_smoothing"]),

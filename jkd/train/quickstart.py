@@ -32,10 +32,7 @@ import os
 from jkd import checks, rundir
 from jkd.config import check_model_entry, check_renamed
 from jkd.errors import ConfigError
-from jkd.train.distill import check_config as check_distill
-from jkd.train.distill import train_distill
-from jkd.train.supervised import check_config as check_supervised
-from jkd.train.supervised import train_supervised
+from jkd.train.stages import check_stage, run_stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +72,8 @@ def check_presets(config) -> None:
                 if checks.has(node, field) and checks.get(node, field) is not None:
                     raise ConfigError(f"{prefix}.{field}: the quickstart's preset {method!r} sets it to {value!r} "
                                       f"(config.kd_methods = {config.kd_methods!r}); leave it unset and choose "
-                                      f"the method with --config.kd_methods=...")
+                                      f"the method with --config.kd_methods=... (the presets that read "
+                                      f"config.kd.method, deit and align, take it in a quickstart of their own)")
 
 
 def method_config(config, method: str):
@@ -128,12 +126,20 @@ def check_config(config) -> None:
     if not checks.has(config, "teacher.model") or not checks.has(config, "teacher.steps"):
         raise ConfigError("config.teacher.model / config.teacher.steps: the quickstart trains its teacher; set both")
     check_model_entry(config.teacher.model, config, "config.teacher.model")
+    # Fields each stage sets itself: a value here would be silently replaced, so it is refused.
+    if config.teacher.get("checkpoint"):
+        raise ConfigError(f"config.teacher.checkpoint: the {config.trainer} pipeline trains its own teacher "
+                          f"(<workdir>/teacher, config.teacher.model); got {config.teacher.checkpoint!r}. To distil "
+                          "from an existing teacher use a distill recipe (configs/digits_distill.py)")
+    if "model" in config:
+        raise ConfigError(f"config.model: the {config.trainer} pipeline derives each stage's model "
+                          "(config.teacher.model, config.students); remove the field")
     checks.positive_ints(config, "teacher.steps")
     if not config.students:
         raise ConfigError("config.students: the quickstart needs at least one student")
     check_presets(config)
-    for name, stage in stage_configs(config).items():
-        (check_supervised if stage.trainer == "supervised" else check_distill)(stage)
+    for stage in stage_configs(config).values():
+        check_stage(stage)
 
 
 def results_table(rows: list[dict]) -> str:
@@ -150,15 +156,15 @@ def run_quickstart(config, workdir: str) -> dict:
     check_config(config)
     stages = stage_configs(config)
     teacher_dir = os.path.join(workdir, "teacher")
-    teacher = train_supervised(stages["teacher"], teacher_dir, desc="teacher")
+    teacher = run_stage(stages["teacher"], teacher_dir, desc="teacher")
     kd_runs = {}
     for method in parse_methods(config):
         stage = stages[f"kd_{method}"]
         with stage.unlocked():
             stage.teacher.checkpoint = teacher_dir
-        kd_runs[method] = train_distill(stage, os.path.join(workdir, f"kd_{method}"), desc=f"kd {method}")
-    baselines = {name: train_supervised(stages[f"label_only_{name}"], os.path.join(workdir, f"label_only_{name}"),
-                                        desc=f"label-only {name}")
+        kd_runs[method] = run_stage(stage, os.path.join(workdir, f"kd_{method}"), desc=f"kd {method}")
+    baselines = {name: run_stage(stages[f"label_only_{name}"], os.path.join(workdir, f"label_only_{name}"),
+                                 desc=f"label-only {name}")
                  for name in config.students}
 
     t = teacher["models"]["model"]
