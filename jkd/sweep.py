@@ -73,8 +73,9 @@ def get_field(config, field: str):
     for i, part in enumerate(field.split(".")):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
             from jkd.trainers import renamed_hint
-            if renamed_hint(field):
-                raise ConfigError(f"config.{field}: {renamed_hint(field)}")
+            renamed = renamed_hint(field)
+            if renamed:
+                raise ConfigError(f"config.{field}: {renamed}")
             close = difflib.get_close_matches(field, field_names(config), n=3, cutoff=0.6)
             hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
             raise ConfigError(f"config.{field}: unknown field{hint}")
