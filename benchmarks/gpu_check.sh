@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/jkd_gpu_out}"; mkdir -p "$OUT"
 export PYTHONPATH="$PWD/.gpu_carry/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 PY="${PY:-python3}"
-PEER="$PWD/.gpu_carry/peer_timm_kd.py"
+PEER="$PWD/benchmarks/peer_timm_kd.py"  # in the repository: travels with the working tree
 RES="$OUT/results.jsonl"; LOG="$OUT/log.txt"
 BUDGET_S="${BUDGET_S:-480}"; T0=$(date +%s)
 left() { echo $(( BUDGET_S - ($(date +%s) - T0) )); }

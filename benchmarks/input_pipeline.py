@@ -116,7 +116,7 @@ def main():
     ap.add_argument("--pipelines", default="jkd,decode,rrc_flip,rrc_flip_draft")
     ap.add_argument("--target-img-per-s", type=float, default=4736.0,
                     help="a GPU's training rate to feed (default: the peer's torch.compile ViT-B->S rate on an "
-                         "H200 quoted in shared/bench/peer_timm_kd.py)")
+                         "H200 measured with the earlier peer script, docs/PERF.md)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(tmp, args.images)

@@ -1,6 +1,9 @@
 """CIFAR-100 teacher: ViT-B/16 at 224 px from labels (or fine-tune an imported one by pointing a
 distill/finetune recipe at it). Hardware: one GPU or TPU host. Expected time and accuracy: NOT
 measured in this repository yet.
+Platforms: NVIDIA GPU `pip install -e ".[cuda]"` (".[cuda13]" for CUDA 13 drivers), Cloud TPU VM
+`pip install -e ".[tpu]"` (README "GPU and TPU"); then the command below, on either with
+--config.dtype=bfloat16 (GPU ViT teachers: --config.teacher.attention_impl=cudnn).
 
     python -m jkd.main --config configs/cifar100_teacher.py --workdir /ckpt/c100_teacher
 """

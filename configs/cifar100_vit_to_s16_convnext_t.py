@@ -2,6 +2,9 @@
 ConvNeXt-T at 224 px (upsampled), one teacher forward for both students.
 
 Hardware: one GPU or TPU host. Expected time and accuracy: NOT measured in this repository yet.
+Platforms: NVIDIA GPU `pip install -e ".[cuda]"` (".[cuda13]" for CUDA 13 drivers), Cloud TPU VM
+`pip install -e ".[tpu]"` (README "GPU and TPU"); then the command below, on either with
+--config.dtype=bfloat16 (GPU ViT teachers: --config.teacher.attention_impl=cudnn).
 
     python -m jkd.main --config configs/cifar100_teacher.py --workdir /ckpt/c100_teacher
     python -m jkd.main --config configs/cifar100_vit_to_s16_convnext_t.py:/ckpt/c100_teacher \

@@ -15,6 +15,9 @@ Accelerators (TFDS; mirrors the paper's CIFAR experiments, where a WRN-28-10 giv
     python -m jkd.main --config configs/ensemble_kd.py:cifar10 --workdir /ckpt/ens_c10
 ViT-S with 4-px patches at 32 px (64 tokens), 10 members of 40k steps at batch 256 plus two
 students: one GPU/TPU host; time and accuracy NOT measured in this repository yet.
+Platforms: NVIDIA GPU `pip install -e ".[cuda]"` (".[cuda13]" for CUDA 13 drivers), Cloud TPU VM
+`pip install -e ".[tpu]"` (README "GPU and TPU"); then the command below, on either with
+--config.dtype=bfloat16 (GPU ViT teachers: --config.teacher.attention_impl=cudnn).
 `:tiny` is a seconds-sized digits setting for tests.
 """
 import ml_collections

@@ -1,6 +1,9 @@
 """ImageNet: ViT-B/16 teacher into a DeiT-style ViT-S/16 (distillation token, hard distillation).
 
 Hardware: accelerators; not runnable on a CPU in useful time.
+Platforms: NVIDIA GPU `pip install -e ".[cuda]"` (".[cuda13]" for CUDA 13 drivers), Cloud TPU VM
+`pip install -e ".[tpu]"` (README "GPU and TPU"); then the command below, on either with
+--config.dtype=bfloat16 (GPU ViT teachers: --config.teacher.attention_impl=cudnn).
 Expected time and accuracy: NOT measured in this repository yet. Reference (Touvron et al. 2021,
 RegNetY-16GF teacher, 300 epochs): DeiT-S 79.9 -> DeiT-S with distillation token 81.2.
 

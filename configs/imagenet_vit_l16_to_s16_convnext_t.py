@@ -1,6 +1,9 @@
 """ImageNet: an imported ViT-L/16 teacher into ViT-S/16 and ConvNeXt-T in one run (one teacher forward).
 
 Hardware: accelerators (8 GPUs/TPU chips or more); not runnable on a CPU in useful time.
+Platforms: NVIDIA GPU `pip install -e ".[cuda]"` (".[cuda13]" for CUDA 13 drivers), Cloud TPU VM
+`pip install -e ".[tpu]"` (README "GPU and TPU"); then the command below, on either with
+--config.dtype=bfloat16 (GPU ViT teachers: --config.teacher.attention_impl=cudnn).
 Expected time and accuracy: NOT measured in this repository yet (no accelerator run so far); the
 function-matching recipe of Beyer et al. 2022 needs hundreds of epochs for its headline numbers.
 

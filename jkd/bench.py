@@ -1,7 +1,7 @@
 """Throughput of the real jkd distillation step (and eval step) on synthetic on-device data.
 
     python -m jkd.bench --teacher vit_b16 --students vit_s16 --batch 256 --image 224 --dtype bfloat16 \
-        --attention cudnn --attention-pad 64 --peak --peer /path/to/peer_timm_kd.py
+        --attention cudnn --attention-pad 64 --peak --peer
     python -m jkd.bench --teacher vit_femto4 --students vit_atto4,convnext_atto --batch 64 --image 16 \
         --channels 1 --classes 10 --stem-stride 2 --eval          (the quickstart sizes, CPU)
 
@@ -21,29 +21,21 @@ compiled step (cost_analysis; includes elementwise work; custom calls such as cu
 (--peak).
 
 Every result is one JSON line on stdout (and appended to --out): kind = peak | jkd | jkd_eval | peer |
-ratio. --peer runs PyTorch + timm's step (shared/bench/peer_timm_kd.py) with the same shapes in a
-subprocess *before* JAX touches the device (JAX then takes most of the GPU memory).
+ratio | no_ratio. --peer runs PyTorch + timm's step (benchmarks/peer_timm_kd.py; jkd.bench_peer) with
+the same shapes, dtype and timing protocol in a subprocess *before* JAX touches the device (JAX then
+takes most of the GPU memory), on one device (--devices defaults to 1 with --peer), and prints a
+ratio only where both sides timed the same work (else a no_ratio record saying why).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
+from jkd.bench_peer import PEER_SCRIPT, peer_names, ratio_record, run_peer, summarize
 from jkd.flops import forward_flops, train_step_flops, xla_flops
-
-# timm names of the jkd models the peer script can build with the same shapes.
-TIMM_NAMES = {
-    "vit_ti16": "vit_tiny_patch16_224", "vit_s16": "vit_small_patch16_224", "vit_b16": "vit_base_patch16_224",
-    "vit_l16": "vit_large_patch16_224", "vit_h14": "vit_huge_patch14_224",
-    "convnext_atto": "convnext_atto", "convnext_femto": "convnext_femto", "convnext_pico": "convnext_pico",
-    "convnext_nano": "convnext_nano", "convnext_t": "convnext_tiny", "convnext_s": "convnext_small",
-    "convnext_b": "convnext_base", "convnext_l": "convnext_large",
-}
-
 
 def _sig(x: float, digits: int = 4) -> float:
     """x rounded to `digits` significant digits (JSON-friendly)."""
@@ -199,6 +191,8 @@ def bench_train(args, teacher_specs, student_specs, peak_tflops: float | None) -
     import jax
     import numpy as np
 
+    from jkd.models import count_params
+
     b = build(args, teacher_specs, student_specs)
     t0 = time.perf_counter()
     compiled = b["steps"].train_step.lower(b["state"], b["batch"], b["teacher_params"]).compile()
@@ -219,6 +213,7 @@ def bench_train(args, teacher_specs, student_specs, peak_tflops: float | None) -
     xla = xla_flops(compiled)
     achieved = flops_img * args.batch / sec / 1e12
     losses = {k: float(v) for k, v in jax.device_get(holder["metrics"]).items() if k.endswith("/loss")}
+    teacher_counts = [count_params(p) for p in b["teacher_params"]]
     rec = {
         "kind": "jkd", "teacher": args.teacher, "students": args.students, "batch": args.batch,
         "image": args.image, "dtype": args.dtype, "attention": args.attention, "attention_pad": args.attention_pad,
@@ -234,6 +229,12 @@ def bench_train(args, teacher_specs, student_specs, peak_tflops: float | None) -
         "finite": bool(np.all(np.isfinite(list(losses.values())))),
         "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        # What jkd.bench_peer.pair_mismatch compares with the peer's record (XLA's CPU thread pool
+        # spans the cores this process may use).
+        "channels": args.channels, "classes": args.classes,
+        "devices": int(b["mesh"].devices.size), "threads": len(os.sched_getaffinity(0)),
+        "teacher_params": teacher_counts[0] if len(teacher_counts) == 1 else teacher_counts,
+        "student_params": [count_params(b["state"].params[n]) for n in student_specs],
     }
     b["state"] = holder["state"]
     return rec, b
@@ -264,38 +265,6 @@ def bench_eval(args, b: dict, teacher_specs, student_specs) -> dict:
             "tflops": _sig(flops_img * args.batch / sec / 1e12), "backend": jax.default_backend()}
 
 
-def timm_name(jkd_name: str) -> str:
-    """The timm model with jkd_name's architecture, for the peer script."""
-    from jkd.errors import ConfigError
-
-    if jkd_name not in TIMM_NAMES:
-        raise ConfigError(f"--peer: no timm name known for {jkd_name!r}; pass --peer-teacher/--peer-students "
-                         f"(known: {', '.join(sorted(TIMM_NAMES))})")
-    return TIMM_NAMES[jkd_name]
-
-
-def run_peer(args) -> list[dict]:
-    """Run the peer script with this run's shapes; its JSON lines, each tagged kind='peer'."""
-    teacher = args.peer_teacher or timm_name(args.teacher)
-    students = args.peer_students or ",".join(timm_name(n) for n in args.students.split(","))
-    cmd = [args.peer_python or sys.executable, args.peer, "--teacher", teacher, "--student", students,
-           "--batch", str(args.batch), "--img", str(args.image), "--classes", str(args.classes),
-           "--steps", str(args.peer_steps), "--modes", args.peer_modes]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.peer_timeout)
-    except subprocess.TimeoutExpired as e:  # report it and still measure jkd
-        return [{"kind": "peer_error", "returncode": None, "cmd": cmd, "stderr_tail": f"timeout after {e.timeout} s"}]
-    records = []
-    for line in proc.stdout.splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            records.append({"kind": "peer", **json.loads(line)})
-    if proc.returncode != 0 or not records:
-        records.append({"kind": "peer_error", "returncode": proc.returncode, "cmd": cmd,
-                        "stderr_tail": proc.stderr[-2000:]})
-    return records
-
-
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m jkd.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--teacher", default="vit_b16", help="jkd model name(s); comma-separated = an ensemble")
@@ -312,7 +281,8 @@ def parse_args(argv=None):
     ap.add_argument("--crop-scale", default="", help="on-device random-resized crop area range 'min,max' in the step "
                     "('' = none, as the peer)")
     ap.add_argument("--flip", action="store_true", help="on-device random horizontal flips in the step")
-    ap.add_argument("--devices", type=int, default=0, help="use the first N devices (0 = all; data parallel)")
+    ap.add_argument("--devices", type=int, default=0, help="use the first N devices (0 = all, or 1 with --peer, "
+                    "which runs on one device; data parallel)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10, help="steps per timed block")
     ap.add_argument("--repeats", type=int, default=5, help="timed blocks (the median is reported)")
@@ -321,41 +291,21 @@ def parse_args(argv=None):
     ap.add_argument("--attention-probe", default="", metavar="B,T,HEADS,HEAD_DIM",
                     help="only time one attention fwd+bwd per implementation/padding (e.g. 256,197,6,64)")
     ap.add_argument("--peak-size", type=int, default=0, help="peak probe matrix side (0: 8192 on GPU, 1024 on CPU)")
-    ap.add_argument("--peer", nargs="?", const="../shared/bench/peer_timm_kd.py", default=None,
-                    help="run the PyTorch peer script (path; default ../shared/bench/peer_timm_kd.py)")
+    ap.add_argument("--peer", nargs="?", const=str(PEER_SCRIPT), default=None,
+                    help="first run the PyTorch + timm peer step (path; default: this repository's "
+                    "benchmarks/peer_timm_kd.py) and print jkd's ratio to it where both timed the same work")
     ap.add_argument("--peer-python", default="", help="python for the peer (default: this one)")
     ap.add_argument("--peer-teacher", default="", help="timm teacher name (default: mapped from --teacher)")
     ap.add_argument("--peer-students", default="", help="timm student names (default: mapped)")
-    ap.add_argument("--peer-modes", default="eager,compile")
-    ap.add_argument("--peer-steps", type=int, default=10)
+    ap.add_argument("--peer-modes", default="eager,compile", help="peer modes: eager, compile")
+    ap.add_argument("--peer-device", default="auto", choices=("auto", "cpu", "cuda"), help="the peer's torch device "
+                    "(auto: cuda if torch sees one)")
     ap.add_argument("--peer-timeout", type=int, default=600)
     ap.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before JAX starts its backend")
     ap.add_argument("--out", default="", help="also append the JSON lines to this file")
     ap.add_argument("--summary", default="", metavar="JSONL",
                     help="only print a table of the jkd and peer records in this file (ratios within the file)")
     return ap.parse_args(argv)
-
-
-def summarize(path: str) -> str:
-    """Markdown table of every jkd record in a JSON-lines file, with its ratio to each peer record
-    of the same teacher, students, batch and image size in that file (so: same call, same card)."""
-    recs = [json.loads(line) for line in open(path) if line.strip().startswith("{")]
-    peers = [r for r in recs if r.get("kind") == "peer"]
-    rows = ["| device | teacher -> students | attention | dw | flags | img/s | step ms | MFU | peak GiB | "
-            "vs torch eager | vs torch.compile |", "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in (r for r in recs if r.get("kind") == "jkd"):
-        names = ",".join(TIMM_NAMES.get(n, n) for n in r["students"].split(","))
-        same = {p["peer"]: p["img_per_s"] for p in peers if p["teacher"] == TIMM_NAMES.get(r["teacher"], r["teacher"])
-                and p["student"] == names and p["batch"] == r["batch"] and p["img"] == r["image"]}
-        ratio = {m: f"{r['img_per_s'] / same[m]:.3f}x" if m in same else "-" for m in ("torch_eager", "torch_compile")}
-        rows.append(f"| {r['device']} | {r['teacher']} -> {r['students']} | {r['attention']}"
-                    f"{'/pad ' + str(r['attention_pad']) if r['attention_pad'] else ''} | {r.get('dw_impl', 'auto')} | "
-                    f"{r.get('xla_flags') or '-'} | {r['img_per_s']} | {r['step_ms']} | {r['mfu']} | "
-                    f"{r['peak_memory_gib']} | {ratio['torch_eager']} | {ratio['torch_compile']} |")
-    for p in peers:
-        rows.append(f"| {p.get('gpu', '')} | {p['teacher']} -> {p['student']} | {p['peer']} | | | {p['img_per_s']} "
-                    f"| {1e3 * p['batch'] / p['img_per_s']:.1f} | | | | |")
-    return "\n".join(rows)
 
 
 def main(argv=None) -> list[dict]:
@@ -375,6 +325,8 @@ def main(argv=None) -> list[dict]:
             with open(args.out, "a") as f:
                 f.write(line + "\n")
 
+    if args.peer and not args.devices:  # one device on both sides unless --devices says otherwise
+        args.devices = 1
     # The peer runs first, in its own process, while this process holds no device memory yet.
     for rec in run_peer(args) if args.peer else []:
         emit(rec)
@@ -392,11 +344,13 @@ def main(argv=None) -> list[dict]:
         peak = rec["tflops"]
         emit(rec)
     rec, built = bench_train(args, teacher_specs, student_specs, peak)
+    if args.peer:
+        rec["timm_teacher"], rec["timm_students"] = peer_names(args)
     emit(rec)
-    for p in (r for r in records if r["kind"] == "peer"):
-        emit({"kind": "ratio", "jkd_over": p["peer"], "teacher": args.teacher, "students": args.students,
-              "ratio": round(rec["img_per_s"] / p["img_per_s"], 3), "jkd_img_per_s": rec["img_per_s"],
-              "peer_img_per_s": p["img_per_s"]})
+    for p in [r for r in records if r["kind"] in ("peer", "peer_error")]:
+        emit(ratio_record(rec, p))
+        if records[-1]["kind"] == "no_ratio":
+            print(f"jkd.bench: no ratio vs {p.get('peer', 'the peer')}: {records[-1]['why']}", file=sys.stderr)
     if args.eval:
         emit(bench_eval(args, built, teacher_specs, student_specs))
     return records

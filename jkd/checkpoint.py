@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from jkd.data.preprocess import ModelInput, model_input
 from jkd.errors import ConfigError
 from jkd.train.state import ModelSpec, TrainState, graphdef_and_shapes
 
@@ -268,3 +269,18 @@ def load_teacher(path: str, *, model_key: str = "", field: str = "config.teacher
     finally:
         manager.close()
     return spec, graphdef, restored["params"][model_key]
+
+
+def teacher_preprocessing(path: str, spec: ModelSpec) -> ModelInput:
+    """The input the teacher at `path` (a workdir or checkpoint step directory, model `spec`) expects.
+
+    One place records it: run.json's config.data. A jkd-trained teacher's is the config it was trained
+    with (mean, std); an imported one's is what `python -m jkd.pretrained` wrote (--preset or
+    --mean/--std; resize 'bicubic'). Image size and channels are the model's (spec). mean/std None:
+    not recorded (imported before jkd recorded it): the students' normalisation is assumed, as before.
+    """
+    workdir, _ = _resolve_teacher_path(path)
+    data = ((read_run_info(workdir) or {}).get("config") or {}).get("data") or {}
+    return model_input(data.get("mean"), data.get("std"), image_size=spec.image_size, channels=spec.in_channels,
+                       resize=data.get("resize", "bilinear"), field=f"{os.path.join(workdir, RUN_FILE)} config.data")
+

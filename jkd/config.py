@@ -11,7 +11,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from jkd import checks
+from jkd import checks, ranges
 from jkd.errors import ConfigError
 from jkd.models import check_model
 
@@ -19,6 +19,17 @@ from jkd.models import check_model
 def model_config(name: str, **kwargs) -> ml_collections.ConfigDict:
     """A model entry: registry name + family options (e.g. stem_stride, drop_path_rate)."""
     return ml_collections.ConfigDict({"name": name, "kwargs": kwargs})
+
+
+def writers_config() -> ml_collections.ConfigDict:
+    """config.writers: the mirrors of metrics.jsonl, which is always written (docs/LOGGING.md). Every
+    recipe has it: base_config() and the probes' own configs (theory, fairness) include it."""
+    w = ml_collections.ConfigDict()
+    w.tensorboard = True    # TensorBoard event files beside metrics.jsonl (tensorboard --logdir <workdir>)
+    w.wandb = False         # also a Weights & Biases run (pip install -e ".[wandb]")
+    w.wandb_project = "jkd"  # the W&B project the runs go to
+    w.wandb_mode = "offline"  # 'offline' (<workdir>/wandb, no network; `wandb sync` later) | 'online'
+    return w
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -32,14 +43,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.0         # on the label CE term
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "digits"          # 'digits' (bundled with scikit-learn) or any TFDS image dataset
+    c.data.name = "digits"          # 'digits' (bundled with scikit-learn), 'image_folder' (your JPEG/PNG class
+                                    # folders under data_dir) or any TFDS image dataset
     c.data.image_size = 16          # side of the square model input, px
     c.data.channels = 1             # 1 or 3 (converted from the source)
     c.data.mean = 0.5               # input normalisation: (x - mean) / std on [0, 1] pixels
     c.data.std = 0.5
-    c.data.train_split = "train"    # TFDS split names (digits: train/test fixed)
-    c.data.eval_split = "test"
-    c.data.data_dir = ""            # TFDS data_dir ('' = TFDS default)
+    c.data.train_split = "train"    # TFDS split names; image_folder: split folders data_dir/<split>/<class>/
+    c.data.eval_split = "test"      # (digits: train/test fixed)
+    c.data.data_dir = ""            # TFDS data_dir ('' = TFDS default); image_folder: the images' root folder
+    c.data.eval_fraction = 0.0      # image_folder: hold out this fraction of every data_dir/<class>/ for eval
+                                    # (0 = read the split folders instead)
+    c.data.skip_corrupt = False     # image_folder: leave unreadable files out (counted in a warning), else an error
+    c.data.allow_mixed_channels = False  # image_folder: convert a mix of grayscale and colour files to channels
+                                         # (else an error naming the minority's files)
     c.data.labelled_fraction = 1.0  # digits: stratified fraction of train labels the CE term may use
     c.data.labelled_seed = 0        # which subset (fixed across run seeds)
     c.data.labelled_only = False    # train only on the labelled subset (label-only baselines)
@@ -121,6 +138,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.progress = True               # tqdm progress bar
     c.nonfinite = "stop"            # non-finite loss/grad norm: 'stop' (error naming step and metric) | 'skip' the update
 
+    c.writers = writers_config()     # TensorBoard on, W&B off (docs/LOGGING.md)
+
     c.distributed = ml_collections.ConfigDict()  # multi-process (jkd/distributed.py); env JKD_* fills unset fields
     c.distributed.coordinator_address = ""  # host:port of process 0; '' = single process; 'auto' = jax cluster detection
     c.distributed.num_processes = 0  # processes in the job (0 = from JKD_NUM_PROCESSES)
@@ -183,19 +202,13 @@ def check_renamed(config) -> None:
 def check_run(config) -> None:
     """Checks of the fields every jkd.train.loop run reads (supervised, distill and the stages built
     on them); raises ConfigError naming the field. The trainer checks its models on top."""
-    checks.seed(config)
-    checks.positive_ints(config, "steps", "batch_size", "eval_batch_size", "log_every", "checkpoint_every",
-                         "keep_checkpoints", "data.image_size")
-    if config.data.channels not in (1, 3):
-        raise ConfigError(f"config.data.channels: must be 1 or 3, got {config.data.channels!r}")
+    check_renamed(config)
+    ranges.check(config)  # every numeric field's own range (jkd/ranges.py); the relations follow
     if config.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"config.dtype: must be float32, bfloat16 or float16, got {config.dtype!r}")
     scale = config.augment.crop_scale
-    if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
+    if scale is not None and not (isinstance(scale, (tuple, list)) and len(scale) == 2 and scale[0] <= scale[1]):
         raise ConfigError(f"config.augment.crop_scale: need (min, max) with 0 < min <= max <= 1, got {scale!r}")
-    if config.augment.mixup_alpha is not None and config.augment.mixup_alpha < 0:
-        raise ConfigError(f"config.augment.mixup_alpha: must be >= 0, got {config.augment.mixup_alpha}")
-    check_renamed(config)
     if config.data.name == "digits":  # TFDS datasets: checked against their class count when opened
         from jkd.data import DIGITS_NUM_CLASSES, excluded_classes
         excluded_classes(config.data, DIGITS_NUM_CLASSES)
@@ -203,10 +216,6 @@ def check_run(config) -> None:
         # fails before an earlier stage trains
         raise ConfigError(f"config.optimizer.warmup_steps: {config.optimizer.warmup_steps} must be < the "
                           f"{config.steps} train steps")
-    if config.kd.weight is not None and config.kd.weight < 0:
-        raise ConfigError(f"config.kd.weight: must be >= 0, got {config.kd.weight}")
-    if config.kd.temperature is not None and config.kd.temperature <= 0:
-        raise ConfigError(f"config.kd.temperature: must be > 0, got {config.kd.temperature}")
 
 
 def check_model_entry(entry, config, field: str) -> None:

@@ -16,9 +16,18 @@ from ml_collections import config_flags
 
 from jkd.errors import ConfigError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file: configs/<recipe>.py[:arg].",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go (resumes if present).")
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS, sys_argv: list[str] | None = None):
+    """The CLI's flags, defined on `flag_values`: (config holder, workdir holder). `sys_argv`: the
+    command line the `--config.<field>` overrides are read from (ml_collections reads sys.argv if None)."""
+    config = config_flags.DEFINE_config_file("config", None, "Recipe file: configs/<recipe>.py[:arg].",
+                                             flag_values=flag_values, lock_config=True, sys_argv=sys_argv)
+    workdir = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go (resumes if present).",
+                                  flag_values=flag_values)
+    return config, workdir
+
+
+_CONFIG, _WORKDIR = define_flags()
 
 
 def run(config, workdir: str) -> dict:
@@ -32,13 +41,15 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
     """absl flag parsing with user mistakes as exit-2 errors: a bad value, or a `--config.<path>`
     override naming no field (ml_collections raises a bare AttributeError/KeyError for that)."""
     try:
-        return flags.FLAGS(argv)
+        return flag_values(argv)
     except flags.Error as e:
         _fail(str(e))
+    except OSError as e:  # the --config file failed to load and a --config.<field> override read it
+        _fail(_load_error(e))
     except (AttributeError, KeyError) as e:
         text = str(e.args[0]) if e.args else str(e)
         m = re.search(r"Did you mean \"([^\"]+)\" instead of \"([^\"]+)\"", text)
@@ -52,13 +63,41 @@ def parse_flags(argv: list[str]) -> list[str]:
         _fail(f"{arg}: the config has no field {bad!r}" + (f"; did you mean {m.group(1)!r}?" if m else ""))
 
 
+def _load_error(e: OSError) -> str:
+    return "--config: " + " ".join(str(e.__cause__ or e).split())
+
+
+def _usage_problem(rest: list[str], config, workdir) -> str | None:
+    if len(rest) > 1:
+        return f"unexpected arguments: {rest[1:]}"
+    if config is None:
+        return "--config is required, e.g. --config configs/quickstart.py"
+    try:
+        config.get("trainer")  # ml_collections defers a file that failed to load to the config's first read
+    except OSError as e:
+        return _load_error(e)
+    if not workdir:
+        return "--workdir is required"
+    return None
+
+
+def parse_args(argv: list[str]):
+    """The command line `argv` (no program name) parsed on fresh flags exactly as `main` parses it,
+    without running anything: (config with the overrides applied, workdir). Mistakes exit 2 with the
+    CLI's message. For checking shown commands in-process (tests/test_docs_commands.py)."""
+    argv = ["jkd.main", *argv]
+    flag_values = flags.FlagValues()
+    config, workdir = define_flags(flag_values, sys_argv=argv)
+    problem = _usage_problem(parse_flags(argv, flag_values), config.value, workdir.value)
+    if problem:
+        _fail(problem)
+    return config.value, workdir.value
+
+
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=2)
-    if _CONFIG.value is None:
-        raise app.UsageError("--config is required, e.g. --config configs/quickstart.py", exitcode=2)
-    if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required", exitcode=2)
+    problem = _usage_problem(argv, _CONFIG.value, _WORKDIR.value)
+    if problem:
+        raise app.UsageError(problem, exitcode=2)
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     try:
         from jkd import distributed

@@ -5,8 +5,10 @@
     graphdef, _ = graphdef_and_shapes(spec)                 # jkd.train.state
     logits = apply_model(graphdef, params, images)          # images [B, 224, 224, 3], normalised as
                                                             # the checkpoint expects (not done here)
-    python -m jkd.pretrained --src FILE --model vit_b16 --num-classes 1000 --image-size 224 --workdir DIR
-    # DIR is a teacher workdir: --config.teacher.checkpoint=DIR
+    python -m jkd.pretrained --src FILE --model vit_b16 --num-classes 1000 --image-size 224 --preset deit \
+        --workdir DIR
+    # DIR is a teacher workdir: --config.teacher.checkpoint=DIR; its run.json records the input
+    # normalisation (--preset or --mean/--std), which the distill step applies to the teacher's view
 
 Reading files: jkd/weight_files.py; mapping each source's names and layouts: jkd/vit_layouts.py.
 Files: `.safetensors`, PyTorch `.pth/.bin/.pt` (zip format, read without torch), big_vision/AugReg
@@ -29,12 +31,57 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jkd.data.preprocess import ModelInput, model_input
 from jkd.errors import ConfigError
 from jkd.models import check_model, parse_model_name
 from jkd.models.vit import VIT_SIZES, resize_pos_embed
 from jkd.train.state import ModelSpec, graphdef_and_shapes
 from jkd.vit_layouts import name_listing, convert
 from jkd.weight_files import read_weights  # noqa: F401 (public here: jkd.pretrained.read_weights)
+
+# ------------------------------------------------------------------------------ input normalisation
+
+# (mean, std) on [0, 1] RGB pixels that the weights were trained with: the values timm's
+# pretrained_cfg gives each family (timm.data.constants, timm 1.0).
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # IMAGENET_DEFAULT_MEAN / _STD
+INCEPTION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))             # IMAGENET_INCEPTION_MEAN / _STD
+PRESETS = {
+    "imagenet": IMAGENET,
+    "deit": IMAGENET,        # timm deit.py _cfg: deit_*, deit3_* (and facebookresearch/deit's transforms)
+    "dinov2": IMAGENET,      # timm vision_transformer.py 'vit_*_dinov2.lvd142m' cfgs (also .dino, .mae)
+    "inception": INCEPTION,
+    "augreg": INCEPTION,     # timm vision_transformer.py default _cfg: vit_*.augreg*, vit_*.orig_in21k*
+    "big_vision": INCEPTION,  # big_vision / vision_transformer .npz: value_range(-1, 1); HF google/vit-*
+}
+# Formats whose normalisation is certain: DINOv2's own .pth files and big_vision .npz files. timm and
+# HF files hold both kinds (timm's AugReg ViTs are 0.5/0.5, its DeiTs ImageNet), so they need a flag.
+FORMAT_PRESETS = {"dinov2": "dinov2", "big_vision": "big_vision"}
+
+
+def input_normalisation(fmt: str, *, preset: str = "", mean=None, std=None, image_size: int,
+                        in_channels: int = 3) -> tuple[ModelInput, str]:
+    """What the imported teacher expects -> (ModelInput, how it was chosen). --mean/--std (both)
+    override --preset; without either, FORMAT_PRESETS[fmt] where the format says, else not recorded
+    (mean/std None: distill runs then assume the students' config.data normalisation, as before).
+    Resizing to another resolution is bicubic, as timm's eval transforms for these weights."""
+    if (mean is None) != (std is None):
+        raise ConfigError(f"--mean/--std: give both (per channel, or one value for all), got mean={mean} std={std}")
+    if preset and preset not in PRESETS:
+        raise ConfigError(f"--preset: unknown {preset!r}; one of {sorted(PRESETS)} (or --mean/--std)")
+    how = "--mean/--std" if mean is not None else f"--preset {preset}" if preset else ""
+    if mean is None:
+        preset = preset or FORMAT_PRESETS.get(fmt, "")
+        how = how or (f"preset {preset} (the {fmt} format's)" if preset else "not recorded")
+        mean, std = PRESETS[preset] if preset else (None, None)
+    if in_channels == 1 and mean is not None and (len(set(np.ravel(mean))) > 1 or len(set(np.ravel(std))) > 1):
+        raise ConfigError(f"--in-channels: 1 sums the RGB kernels, exact only when the three channels share one "
+                          f"mean/std, not {how} ({mean} / {std}); import with --in-channels 3 (grey students are "
+                          f"repeated to RGB in the distill step, exactly) or give --mean/--std for the grey channel")
+    if in_channels == 1 and mean is not None:
+        mean, std = np.ravel(mean)[:1], np.ravel(std)[:1]
+    return model_input(mean, std, image_size=image_size, channels=in_channels, resize="bicubic",
+                       field="--mean/--std"), how
+
 
 # ------------------------------------------------------------------------------------------ import
 
@@ -203,16 +250,22 @@ def _sha256(path: str) -> str:
 
 # --------------------------------------------------------------------------------------------- CLI
 
-def write_teacher_workdir(workdir: str, spec: ModelSpec, params: dict, source: dict) -> None:
-    """A jkd teacher workdir: run.json + an orbax checkpoint at step 0 (load with jkd.checkpoint.load_teacher)."""
+def write_teacher_workdir(workdir: str, spec: ModelSpec, params: dict, source: dict,
+                          model_in: ModelInput | None = None) -> None:
+    """A jkd teacher workdir: run.json + an orbax checkpoint at step 0 (load with jkd.checkpoint.load_teacher).
+    model_in (input_normalisation) goes to run.json's config.data, where
+    jkd.checkpoint.teacher_preprocessing reads every teacher's (jkd-trained ones included)."""
     from jkd import checkpoint
     from jkd.train.state import TrainState
 
     ckpt = checkpoint.checkpoint_dir(workdir)
     if os.path.isdir(ckpt) and any(d.isdigit() for d in os.listdir(ckpt)):
         raise ConfigError(f"--workdir: {workdir} already holds checkpoints; import into a fresh directory")
+    config = dict(source)
+    if model_in is not None:
+        config["data"] = model_in._asdict()
     checkpoint.write_run_info(workdir, {"trainer": "imported", "models": {"model": spec.to_json()},
-                                        "teacher": None, "config": source})
+                                        "teacher": None, "config": config})
     manager = checkpoint.make_manager(workdir)
     checkpoint.save(manager, TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(0),
                                         params={"model": params}, opt_state={}))
@@ -220,7 +273,8 @@ def write_teacher_workdir(workdir: str, spec: ModelSpec, params: dict, source: d
     manager.close()
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The CLI's arguments (also used by tests/test_docs_commands.py to check documented commands)."""
     parser = argparse.ArgumentParser(prog="python -m jkd.pretrained", description=(
         "Import public ViT weights (timm / Hugging Face / DINOv2 / big_vision) as a jkd teacher workdir."))
     parser.add_argument("--src", required=True, help=".safetensors, .pth/.bin, .npz file or HF model directory")
@@ -231,17 +285,37 @@ def main(argv=None) -> None:
     parser.add_argument("--head", choices=("keep", "reset"), default="keep", help="keep the file's head or zero it")
     parser.add_argument("--interpolation", default="bicubic", help="position-embedding resize: bicubic or linear")
     parser.add_argument("--dtype", default="float32", help="compute dtype recorded in the spec (params stay fp32)")
+    parser.add_argument("--preset", default="", help=f"input normalisation the weights expect: {', '.join(PRESETS)} "
+                        "(imagenet = ImageNet mean/std, inception = 0.5/0.5); default: the file format's where "
+                        "certain (DINOv2 .pth, big_vision .npz)")
+    parser.add_argument("--mean", type=float, nargs="+", help="per-channel mean on [0, 1] pixels (overrides --preset)")
+    parser.add_argument("--std", type=float, nargs="+", help="per-channel std on [0, 1] pixels (with --mean)")
     parser.add_argument("--workdir", required=True, help="where the teacher workdir is written")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     try:
+        input_normalisation("", preset=args.preset, mean=args.mean, std=args.std, image_size=args.image_size,
+                            in_channels=args.in_channels)  # bad flags fail before a large file is read
         spec, params, source = import_vit(args.src, model_name=args.model, num_classes=args.num_classes,
                                           image_size=args.image_size, in_channels=args.in_channels, head=args.head,
                                           interpolation=args.interpolation, dtype=args.dtype)
-        write_teacher_workdir(args.workdir, spec, params, source)
+        model_in, how = input_normalisation(source["format"], preset=args.preset, mean=args.mean, std=args.std,
+                                            image_size=args.image_size, in_channels=args.in_channels)
+        write_teacher_workdir(args.workdir, spec, params, source, model_in)
     except ConfigError as e:
         print(f"jkd: error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(f"wrote teacher {spec.name} ({source['format']} weights, {args.image_size}px, {args.num_classes} classes"
+    if model_in.mean is None:
+        print(f"jkd: warning: the input normalisation of {args.src} is not recorded ({source['format']} files "
+              f"hold both kinds); distill runs will assume the students' config.data.mean/std. Import again "
+              f"with --preset ({', '.join(PRESETS)}) or --mean/--std; timm: model.pretrained_cfg['mean'/'std']",
+              file=sys.stderr)
+    norm = "" if model_in.mean is None else f", mean {list(model_in.mean)} std {list(model_in.std)} ({how})"
+    print(f"wrote teacher {spec.name} ({source['format']} weights, {args.image_size}px, {args.num_classes} "
+          f"classes{norm}"
           f"{'; ' + '; '.join(source['notes']) if source['notes'] else ''}) to {os.path.abspath(args.workdir)}\n"
           f"use it with --config.teacher.checkpoint={os.path.abspath(args.workdir)}")
 

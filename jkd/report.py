@@ -153,23 +153,27 @@ def omitted_table(workdirs: list[str]) -> str:
     return "\n".join(lines)
 
 
+USAGE = ("usage: python -m jkd.report [--methods | --omitted] WORKDIR [WORKDIR ...]\n"
+         "       python -m jkd.report --methods-vs OLD1,OLD2,... NEW1,NEW2,...")
+
+
+def parse_args(argv: list[str]) -> tuple[str, list[str]]:
+    """(table, workdirs) from the command line (no program name), reading nothing: table is
+    'quickstart', 'methods', 'omitted' or 'methods-vs' (workdirs: the OLD and NEW lists as given).
+    Anything else exits with the usage."""
+    table = argv[0][2:] if argv and argv[0] in ("--methods", "--omitted", "--methods-vs") else "quickstart"
+    workdirs = argv[1:] if table != "quickstart" else argv
+    if not workdirs or any(w.startswith("-") for w in workdirs) or (table == "methods-vs" and len(workdirs) != 2):
+        sys.exit(USAGE)
+    return table, workdirs
+
+
 def main(argv: list[str]) -> None:
-    usage = ("usage: python -m jkd.report [--methods | --omitted] WORKDIR [WORKDIR ...]\n"
-             "       python -m jkd.report --methods-vs OLD1,OLD2,... NEW1,NEW2,...")
-    if not argv or argv in (["--methods"], ["--omitted"], ["--methods-vs"]):
-        sys.exit(usage)
-    if argv[0] == "--methods":
-        print(methods_table(argv[1:]))
+    table, workdirs = parse_args(argv)
+    if table == "methods-vs":
+        print(compare_methods(workdirs[0].split(","), workdirs[1].split(",")))
         return
-    if argv[0] == "--omitted":
-        print(omitted_table(argv[1:]))
-        return
-    if argv[0] == "--methods-vs":
-        if len(argv) != 3:
-            sys.exit(usage)
-        print(compare_methods(argv[1].split(","), argv[2].split(",")))
-        return
-    print(aggregate(argv))
+    print({"quickstart": aggregate, "methods": methods_table, "omitted": omitted_table}[table](workdirs))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,25 @@
-"""A probe's run directory: same-config cache, metrics.jsonl, reports, process-0-only writes.
+"""A probe's run directory: same-config cache, metrics.jsonl (every run's metrics log), reports,
+process-0-only writes.
 
     cached = rundir.cached_summary(workdir, config)   # the stored summary if this exact config ran
-    log = rundir.start(workdir, config)               # config.json, an empty metrics.jsonl; log(record)
-    ...
+    run_log = rundir.start(workdir, config)           # config.json, an empty metrics.jsonl
+    run_log.log(record)                               # one line of metrics.jsonl, mirrored by the writers
+    rundir.close_log(run_log)                         # the plots as images; writers flushed and closed
     rundir.write_text(workdir, 'results.md', text); rundir.write_json(workdir, 'summary.json', summary)
 
 Every process of a multi-process job computes the same (replicated) result; process 0 alone
-writes, so the files are written once. Readers (the cache) read on every process.
+writes, so the files are written once. Readers (the cache) read on every process. metrics.jsonl is
+the source of truth; the writers config.writers asks for (jkd/writers.py: TensorBoard, W&B) mirror it.
 """
 from __future__ import annotations
 
 import json
 import os
+from typing import Callable, NamedTuple
 
 import jax
+
+from jkd import writers
 
 
 def is_writer() -> bool:
@@ -59,25 +65,54 @@ def append_jsonl(path: str, record: dict) -> None:
             f.write(json.dumps(record) + "\n")
 
 
-def start(workdir: str, config):
-    """Create workdir, write config.json and an empty metrics.jsonl (process 0); return
-    log(record) that appends a JSON line to metrics.jsonl."""
-    os.makedirs(workdir, exist_ok=True)
+class RunLog(NamedTuple):
+    """A run's metrics log: log(record) appends one JSON line to metrics.jsonl (process 0) and hands
+    it to the writers (None on other processes); close it with close_log."""
+    log: Callable[[dict], None]
+    writers: writers.Writers | None
+
+
+def open_log(workdir: str, config) -> RunLog:
+    """The log of <workdir>/metrics.jsonl as it stands; process 0 opens the writers config.writers
+    asks for, which first replay the records already there (a resumed run)."""
     metrics = os.path.join(workdir, "metrics.jsonl")
+    mirrors = writers.open_writers(workdir, config, config_json(config)) if is_writer() else None
+
+    def log(record: dict) -> None:
+        append_jsonl(metrics, record)
+        writers.write_record(mirrors, record)
+    return RunLog(log, mirrors)
+
+
+def close_log(run_log: RunLog) -> None:
+    """The run's PNG plots into the writers as images, then flush and close them (files complete)."""
+    writers.close_writers(run_log.writers)
+
+
+def start(workdir: str, config) -> RunLog:
+    """Create workdir, write config.json and an empty metrics.jsonl (process 0); return its RunLog
+    (open_log)."""
+    writers.check_config(config)  # before anything is written
+    os.makedirs(workdir, exist_ok=True)
     write_json(workdir, "config.json", config_json(config))
     if is_writer():
-        open(metrics, "w").close()
-    return lambda record: append_jsonl(metrics, record)
+        open(os.path.join(workdir, "metrics.jsonl"), "w").close()
+    return open_log(workdir, config)
 
 
 def cached_run(workdir: str, config, body) -> dict:
     """A probe's run: the stored summary.json if this exact config already ran in workdir (a rerun
     of the same command reports what it measured); else start the run directory, summary =
-    body(log), and write summary.json (process 0). Returns the summary."""
+    body(log), and write summary.json (process 0). The writers are closed when body returns or
+    raises, after the plots it wrote went in. Returns the summary."""
     cached = cached_summary(workdir, config)
     if cached is not None:
         return cached
-    summary = body(start(workdir, config))
+    run_log = start(workdir, config)
+    try:
+        summary = body(run_log.log)
+    finally:
+        close_log(run_log)
     write_json(workdir, "summary.json", summary)
     return summary
 

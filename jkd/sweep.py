@@ -297,7 +297,9 @@ def run_sweep(config_spec: str, sweeps: list[str], workdir: str, *, sets: list[s
     return records
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line (no program name; sys.argv if None), parsed without running anything;
+    `plan(args.config, args.sweep, args.set)` then checks every point as --dry-run does."""
     parser = argparse.ArgumentParser(prog="python -m jkd.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="recipe file configs/<recipe>.py[:arg]")
     parser.add_argument("--workdir", required=True, help="sweep directory (resumes if present)")
@@ -307,7 +309,11 @@ def main(argv=None) -> None:
     parser.add_argument("--group-over", default="seed", help="comma-separated fields averaged over in the table")
     parser.add_argument("--metrics", default=None, help="regex: only these metrics in the table")
     parser.add_argument("--dry-run", action="store_true", help="check everything and list the points, run nothing")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     from absl import logging
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     group_over = tuple(f.strip() for f in args.group_over.split(",") if f.strip())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
+from jkd import ranges, writers
 from jkd.config import check_renamed
 from jkd.errors import ConfigError
 
@@ -94,10 +95,13 @@ def get(name) -> Trainer:
 
 
 def validate(config) -> None:
-    """Every start-up check of a config: its trainer exists, no renamed field is set, and the
-    trainer's own check (which checks each stage of a multi-stage trainer). Raises ConfigError."""
+    """Every start-up check of a config: its trainer exists, no renamed field is set, every numeric
+    field is in its range (jkd/ranges.py, for any trainer), and the trainer's own check (which checks
+    each stage of a multi-stage trainer). Raises ConfigError."""
     trainer = get(config.get("trainer"))
     check_renamed(config)
+    ranges.check(config)
+    writers.check_config(config)
     trainer.check_config(config)
 
 

@@ -88,14 +88,14 @@ def test_cycle_finder_finds_a_planted_cycle():
 # docs/ARCHITECTURE.md's layers, bottom first: a module imports from its own layer or below.
 LAYERS = [
     ("bottom", ["jkd.errors", "jkd.checks", "jkd.config", "jkd.models", "jkd.data", "jkd.losses", "jkd.flops",
-                "jkd.weight_files", "jkd.vit_layouts"]),
+                "jkd.weight_files", "jkd.vit_layouts", "jkd.ranges"]),
     ("specs", ["jkd.train.state"]),
-    ("run-level", ["jkd.checkpoint", "jkd.sharding", "jkd.rundir", "jkd.distributed", "jkd.evaluate"]),
+    ("run-level", ["jkd.checkpoint", "jkd.sharding", "jkd.rundir", "jkd.writers", "jkd.distributed", "jkd.evaluate"]),
     ("export", ["jkd.export"]),
     ("train", ["jkd.train"]),
     ("probes", ["jkd.probes"]),
     ("registry", ["jkd.trainers"]),
-    ("CLI", ["jkd.main", "jkd.sweep", "jkd.sweep_report", "jkd.bench", "jkd.report", "jkd.pretrained",
+    ("CLI", ["jkd.main", "jkd.sweep", "jkd.sweep_report", "jkd.bench", "jkd.bench_peer", "jkd.report", "jkd.pretrained",
              "jkd.export.__main__"]),
 ]
 

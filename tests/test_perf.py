@@ -1,7 +1,11 @@
 """The fast path's numerics on CPU at tiny sizes: padded + masked attention equals plain attention,
 the bf16-compute step stays within bf16 error of the fp32 step, the FLOP counter agrees with XLA,
-and `python -m jkd.bench` runs end to end (GPU speed itself is measured by benchmarks/gpu_check.sh)."""
+`python -m jkd.bench` runs end to end, and its ratio to the PyTorch peer (benchmarks/peer_timm_kd.py)
+is printed only for the same work (GPU speed itself is measured by benchmarks/gpu_check.sh)."""
 import json
+import pathlib
+import runpy
+import subprocess
 import sys
 
 import jax
@@ -13,7 +17,7 @@ from flax import nnx
 
 import ml_collections
 
-from jkd import bench, flops
+from jkd import bench, bench_peer, flops
 from jkd.errors import ConfigError
 from jkd.models import check_model, create_model
 from jkd.models.vit import _padded_attention
@@ -124,27 +128,108 @@ def test_flop_counter_matches_published_and_xla():
     assert 1.0 <= ratio < 1.3, ratio
 
 
+# A stand-in for the PyTorch peer script (no torch in tests): one line per mode in its documented
+# format, echoing the shapes it was given; its eager line claims a batch one larger (no ratio).
+STAND_IN_PEER = """import json, os, sys
+a = sys.argv[1:]
+arg = lambda f: a[a.index(f) + 1]
+rec = {'teacher': arg('--teacher'), 'students': arg('--students'), 'batch': int(arg('--batch')),
+       'image': int(arg('--image')), 'channels': int(arg('--channels')), 'classes': int(arg('--classes')),
+       'dtype': arg('--dtype'), 'backend': 'cpu', 'devices': 1, 'threads': len(os.sched_getaffinity(0)),
+       'img_per_s': 100.0, 'step_ms': 80.0, 'host_cpu_ms': 160.0}
+print(json.dumps({**rec, 'peer': 'torch_compile'}))
+print(json.dumps({**rec, 'peer': 'torch_eager', 'batch': rec['batch'] + 1}))
+"""
+
+
 def test_bench_cli_end_to_end(tmp_path, capsys):
-    # A stand-in for the PyTorch peer script (no torch here): prints one line in its documented format.
     peer = tmp_path / "peer.py"
-    peer.write_text("import json, sys\na = sys.argv[1:]\n"
-                    "print(json.dumps({'peer': 'torch_compile', 'teacher': a[a.index('--teacher') + 1],"
-                    " 'batch': int(a[a.index('--batch') + 1]), 'img_per_s': 100.0}))\n")
+    peer.write_text(STAND_IN_PEER)
     out = tmp_path / "bench.jsonl"
     bench.main(["--teacher", "vit_atto4", "--students", "vit_atto4", "--batch", "8", "--image", "8",
-                "--channels", "1", "--classes", "10", "--dtype", "bfloat16", "--attention-pad", "8", "--devices", "1",
+                "--channels", "1", "--classes", "10", "--dtype", "bfloat16", "--attention-pad", "8",
                 "--warmup", "1", "--steps", "1", "--repeats", "2", "--peak", "--peak-size", "128",
                 "--peer", str(peer), "--peer-python", sys.executable, "--peer-teacher", "tiny_t",
                 "--peer-students", "tiny_s", "--out", str(out)])
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    assert [r["kind"] for r in lines] == ["peer", "peak", "jkd", "ratio"]
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines() if line.startswith("{")]
+    assert [r["kind"] for r in lines] == ["peer", "peer", "peak", "jkd", "ratio", "no_ratio"]
     assert lines == [json.loads(line) for line in out.read_text().splitlines()]
-    peer_rec, _, rec, ratio = lines
-    assert peer_rec["teacher"] == "tiny_t" and peer_rec["batch"] == 8
+    peer_rec, _, _, rec, ratio, no_ratio = lines
+    assert peer_rec["teacher"] == "tiny_t" and peer_rec["batch"] == 8 and peer_rec["dtype"] == "bfloat16"
+    assert rec["devices"] == 1 and rec["timm_teacher"] == "tiny_t"  # --peer: one device unless told otherwise
     assert rec["finite"] and rec["img_per_s"] > 0 and rec["step_ms"] > 0 and 0 < rec["mfu"]
     assert rec["model_gflop_per_img"] == pytest.approx(
         flops.train_step_flops([ModelSpec("vit_atto4", 10, 8, 1)], [ModelSpec("vit_atto4", 10, 8, 1)]) / 1e9, rel=1e-3)
-    assert ratio["ratio"] == pytest.approx(rec["img_per_s"] / 100.0, rel=1e-2)
+    assert ratio["jkd_over"] == "torch_compile" and ratio["ratio"] == pytest.approx(rec["img_per_s"] / 100.0, rel=1e-2)
+    assert no_ratio["jkd_over"] == "torch_eager" and no_ratio["why"] == "different batch: jkd 8, peer 9"
+    assert "no ratio vs torch_eager: different batch: jkd 8, peer 9" in captured.err
+
+
+def _pair(**changes):
+    """A jkd record and a peer record of the same work (ViT-S/16 -> ViT-Ti/16 + ConvNeXt-atto), then `changes`
+    applied as {'jkd.field': value, 'peer.field': value}."""
+    same = {"batch": 32, "image": 64, "channels": 3, "classes": 1000, "dtype": "float32", "backend": "cpu",
+            "devices": 1, "threads": 2, "teacher_params": 21981544, "student_params": [5682856, 3695520]}
+    jkd = {"kind": "jkd", "teacher": "vit_s16", "students": "vit_ti16,convnext_atto", "img_per_s": 60.0,
+           "host_cpu_ms": 1000.0, **same}
+    peer = {"kind": "peer", "peer": "torch_eager", "teacher": "vit_small_patch16_224",
+            "students": "vit_tiny_patch16_224,convnext_atto", "img_per_s": 40.0, "host_cpu_ms": 1500.0, **same}
+    for key, value in changes.items():
+        side, field = key.split(".")
+        (jkd if side == "jkd" else peer)[field] = value
+    return jkd, peer
+
+
+def test_ratio_only_when_both_sides_timed_the_same_work():
+    ratio = bench_peer.ratio_record(*_pair())
+    assert ratio["kind"] == "ratio" and ratio["ratio"] == 1.5 and ratio["cpu_time_ratio"] == 1.5
+    assert bench_peer.pair_mismatch(*_pair(**{"jkd.threads": 8, "jkd.backend": "gpu", "peer.backend": "gpu"})) is None
+    cases = {  # change -> the start of the reason
+        "peer.students": ("vit_tiny_patch16_224", "different models: jkd vit_s16 -> vit_ti16,convnext_atto"),
+        "jkd.teacher": ("vit_b16", "different models"),
+        "jkd.batch": (64, "different batch: jkd 64, peer 32"),
+        "peer.image": (224, "different image: jkd 64, peer 224"),
+        "peer.dtype": ("bfloat16", "different dtype"),
+        "peer.classes": (10, "different classes"),
+        "peer.backend": ("gpu", "different backend: jkd 'cpu', peer 'gpu'"),
+        "jkd.devices": (8, "different devices"),
+        "peer.threads": (16, "different threads: jkd 2, peer 16"),
+        "jkd.student_params": ([5682856, 3694368], "different architectures: student_params"),
+        "peer.img_per_s": (None, "the peer's torch_eager has no time"),
+    }
+    for key, (value, why) in cases.items():
+        jkd, peer = _pair(**{key: value})
+        if value is None:
+            del peer["img_per_s"]
+            peer["error"] = "RuntimeError: inductor failed"
+        record = bench_peer.ratio_record(jkd, peer)
+        assert record["kind"] == "no_ratio" and record["why"].startswith(why), (key, record)
+    jkd, peer = _pair()
+    del peer["dtype"]
+    assert bench_peer.pair_mismatch(jkd, peer) == "the peer record has no 'dtype'"
+
+
+def test_default_peer_script_is_in_the_repository_and_parses_without_torch():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    args = bench.parse_args(["--teacher", "vit_s16", "--students", "vit_ti16,convnext_atto", "--peer"])
+    assert pathlib.Path(args.peer) == bench_peer.PEER_SCRIPT == root / "benchmarks" / "peer_timm_kd.py"
+    # --help with torch and timm unimportable: the script imports them only after parsing.
+    blocked = ("import runpy, sys; sys.modules['torch'] = sys.modules['timm'] = None; "
+               f"sys.argv = ['peer', '--help']; runpy.run_path({str(args.peer)!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "--students" in proc.stdout, proc.stderr
+    # Every flag jkd.bench passes is one the script accepts, with the mapped timm names.
+    args.peer_python = "python"
+    cmd = bench_peer.peer_command(args)
+    script = runpy.run_path(str(args.peer))  # module level only: no torch import
+    parsed = script["parse_args"](cmd[2:])
+    assert (parsed.teacher, parsed.students, parsed.batch, parsed.image, parsed.steps) == (
+        "vit_small_patch16_224", "vit_tiny_patch16_224,convnext_atto", 256, 224, 10)
+    with pytest.raises(ConfigError, match="--peer: no timm name known for 'vit_atto4'"):
+        bench_peer.peer_command(bench.parse_args(["--teacher", "vit_atto4", "--peer"]))
+    with pytest.raises(ConfigError, match="--peer: no peer script at"):
+        bench_peer.peer_command(bench.parse_args(["--teacher", "vit_s16", "--peer", "nowhere/peer.py"]))
 
 
 def test_teacher_attention_options_from_config():
@@ -166,13 +251,15 @@ def test_teacher_attention_options_from_config():
 
 
 def test_summary_ratios_match_peer_lines_of_the_same_shapes(tmp_path):
-    jkd = {"kind": "jkd", "device": "gpu", "teacher": "vit_b16", "students": "vit_s16", "batch": 256, "image": 224,
-           "attention": "cudnn", "attention_pad": 64, "img_per_s": 600.0, "step_ms": 426.7, "mfu": 0.4,
-           "peak_memory_gib": 20.0}
-    peers = [{"kind": "peer", "peer": p, "teacher": "vit_base_patch16_224", "student": "vit_small_patch16_224",
-              "batch": b, "img": 224, "img_per_s": v}
+    same = {"batch": 256, "image": 224, "channels": 3, "classes": 1000, "dtype": "bfloat16", "backend": "gpu",
+            "devices": 1}
+    jkd = {"kind": "jkd", "device": "gpu", "teacher": "vit_b16", "students": "vit_s16", "attention": "cudnn",
+           "attention_pad": 64, "img_per_s": 600.0, "step_ms": 426.7, "mfu": 0.4, "peak_memory_gib": 20.0, **same}
+    peers = [{"kind": "peer", "peer": p, "teacher": "vit_base_patch16_224", "students": "vit_small_patch16_224",
+              **same, "batch": b, "img_per_s": v, "step_ms": 1.0}
              for p, b, v in [("torch_eager", 256, 300.0), ("torch_compile", 256, 480.0), ("torch_compile", 128, 1.0)]]
     path = tmp_path / "r.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in [jkd, *peers]) + "\n")
+    late = {**peers[1], "img_per_s": 2.0}  # after the jkd record: another call's line, not paired
+    path.write_text("\n".join(json.dumps(r) for r in [*peers, jkd, late]) + "\n")
     row = bench.summarize(str(path)).splitlines()[2]
     assert "| 2.000x | 1.250x |" in row and "cudnn/pad 64" in row

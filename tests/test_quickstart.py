@@ -22,8 +22,11 @@ def test_quickstart_smoke(tmp_path):
     roles = [r["role"].split(" (")[0] for r in results["rows"]]
     assert {r.get("method") for r in results["rows"]} == {None, "hinton"}
     assert roles == ["teacher", "label-only student", "KD student", "label-only student", "KD student"]
-    assert {r["model"] for r in results["rows"]} == {"vit_femto4", "vit_atto4", "convnext_atto"}
+    assert {r["model"] for r in results["rows"]} == {"vit_pico4", "vit_atto4", "convnext_zepto"}
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["params"] > 0 for r in results["rows"])
+    # The quickstart distils downward: every student is smaller than its teacher (issue 16).
+    teacher_params = results["rows"][0]["params"]
+    assert all(r["params"] < teacher_params for r in results["rows"][1:]), results["rows"]
     table = open(os.path.join(workdir, "results.md")).read()
     assert "| vit_atto4 | KD student" in table
     assert "| model | role | params | test accuracy |" in proc.stdout

@@ -249,3 +249,33 @@ def test_supervised_run_on_mocked_tfds(mocked_tfds, tmp_path, tiny_config):
     summary = run(c, str(tmp_path))
     assert summary["steps"] == 2
     assert 0.0 <= summary["models"]["model"]["accuracy"] <= 1.0
+
+
+def test_unprepared_dataset_names_its_directory_and_the_command(tmp_path):
+    """make_data on a TFDS dataset with nothing prepared under data_dir (issue 16: it said "'train' is
+    not a split of cifar10 (splits: [])"): the directory it looked in and the command that prepares it."""
+    from jkd.config import base_config
+    from jkd.data import make_data
+
+    c = base_config().data
+    c.name, c.data_dir, c.channels = "cifar10", str(tmp_path), 3
+    with pytest.raises(ConfigError) as e:
+        make_data(c, seed=0, global_batch_size=8, process_index=0, process_count=1)
+    msg = str(e.value)
+    assert msg.startswith("config.data.data_dir: TFDS dataset 'cifar10' is not prepared under "
+                          f"{tmp_path / 'cifar10'}"), msg
+    assert f"`tfds build cifar10 --data_dir={tmp_path} --file_format=array_record`" in msg
+    assert "pip install tensorflow" in msg and "splits: []" not in msg
+    assert "tensorflow" not in sys.modules  # saying so imported nothing heavy
+
+
+def test_tfds_class_names_recorded(mocked_tfds):
+    """ClassLabel names travel on the Data record (run.json, ONNX metadata); digits' are its digits."""
+    from jkd.config import base_config
+    from jkd.data import make_data
+
+    c = base_config().data
+    assert make_data(c, seed=0, global_batch_size=8, process_index=0, process_count=1).class_names == tuple("0123456789")
+    c.name, c.data_dir, c.channels, c.image_size = "cifar10", mocked_tfds, 3, 8
+    data = make_data(c, seed=0, global_batch_size=8, process_index=0, process_count=1)
+    assert data.class_names == jtfds.class_names("cifar10", mocked_tfds) and len(data.class_names) == 10

@@ -17,7 +17,7 @@ strong-crop teacher inherits ~4x its affected-pair false positives.
 """
 import ml_collections
 
-from jkd.config import base_config, model_config
+from jkd.config import base_config, model_config, writers_config
 
 
 def get_config(arg=None):
@@ -25,6 +25,7 @@ def get_config(arg=None):
     c.trainer = "augmentation"      # jkd/probes/augmentation.py
     c.seed = 0                      # data, inits, batches, crops
     c.progress = True
+    c.writers = writers_config()    # TensorBoard event files beside metrics.jsonl (docs/LOGGING.md)
     c.batch_size = 64
     c.log_every = 100
 

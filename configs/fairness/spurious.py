@@ -19,7 +19,7 @@ Tested end to end on TFDS mock files at tiny size; time and accuracy on real Cel
 """
 import ml_collections
 
-from jkd.config import base_config, model_config
+from jkd.config import base_config, model_config, writers_config
 
 
 def get_config(arg=None):
@@ -27,6 +27,7 @@ def get_config(arg=None):
     c.trainer = "spurious"          # jkd/probes/spurious.py
     c.seed = 0                      # data, inits, batches
     c.progress = True               # tqdm bars and the printed table
+    c.writers = writers_config()    # TensorBoard event files beside metrics.jsonl (docs/LOGGING.md)
     c.batch_size = 64
     c.log_every = 100               # training metrics to metrics.jsonl
 

@@ -20,12 +20,15 @@ Every field is described by the comment next to it; the data regime is explained
 """
 import ml_collections
 
+from jkd.config import writers_config
+
 
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.trainer = "theory"
     c.seed = 0                      # data (unless data.seed >= 0) and every model init
     c.progress = True               # tqdm bars and the printed table
+    c.writers = writers_config()    # TensorBoard event files beside metrics.jsonl (docs/LOGGING.md)
     c.variants = "net,rf,ntk"       # models: net (analysed), rf (random features), ntk (linearised net)
     c.methods = "single,ensemble,kd,self_distill,average,wide"
     c.log_every = 100               # loss to metrics.jsonl (also the length of one compiled scan)

@@ -32,6 +32,7 @@ class Data:
     num_labelled: int       # of which carry a label that the CE term may use
     num_eval: int
     excluded_classes: tuple[int, ...] = ()  # removed from the train stream (data.exclude_classes)
+    class_names: tuple[str, ...] = ()  # [num_classes], label i's name (run.json, ONNX metadata); () = unknown
 
 
 def _array_batches(images, labels, label_mask, *, global_batch_size, seed, process_index, process_count):
@@ -74,7 +75,7 @@ def excluded_classes(data_cfg, num_classes: int) -> tuple[int, ...]:
         raw = [raw]
     try:
         classes = sorted({int(c) for c in raw})
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # int(inf)
         raise ConfigError(f"config.data.exclude_classes: a list of class ids, got {raw!r}") from None
     bad = [c for c in classes if not 0 <= c < num_classes]
     if bad:
@@ -86,7 +87,7 @@ def excluded_classes(data_cfg, num_classes: int) -> tuple[int, ...]:
 
 def make_data(data_cfg, *, seed: int, global_batch_size: int, eval_batch_size: int | None = None,
               process_index: int | None = None, process_count: int | None = None) -> Data:
-    """Build the train stream and eval set named by config.data (digits or any TFDS dataset)."""
+    """Build the train stream and eval set named by config.data (digits, image_folder or any TFDS dataset)."""
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
     eval_batch_size = eval_batch_size or global_batch_size
@@ -117,14 +118,31 @@ def make_data(data_cfg, *, seed: int, global_batch_size: int, eval_batch_size: i
             eval_batches=_array_eval(x_te, y_te, global_batch_size=eval_batch_size, process_index=pi,
                                      process_count=pc),
             num_classes=DIGITS_NUM_CLASSES, image_shape=(size, size, channels), num_train=len(y_tr),
-            num_labelled=int(mask.sum()), num_eval=len(y_te), excluded_classes=exclude)
+            num_labelled=int(mask.sum()), num_eval=len(y_te), excluded_classes=exclude,
+            class_names=tuple(str(k) for k in range(DIGITS_NUM_CLASSES)))
 
     if fraction < 1.0 or data_cfg.get("labelled_only", False):
         raise ConfigError("config.data.labelled_fraction/labelled_only: a labelled subset is implemented for "
-                          "the in-memory digits data only; use labelled_fraction=1.0 with TFDS datasets")
+                          "the in-memory digits data only; use labelled_fraction=1.0 with TFDS datasets and "
+                          "image folders")
+    if data_cfg.name == "image_folder":
+        from jkd.data import image_folder  # deferred: digits runs never touch PIL/grain
+
+        folder = image_folder.open_folder(data_cfg)
+        exclude = excluded_classes(data_cfg, len(folder.class_names))
+        train, evals = image_folder.make_folder_batches(
+            folder, data_cfg, global_batch_size=global_batch_size, eval_batch_size=eval_batch_size, seed=seed,
+            process_index=pi, process_count=pc, exclude_classes=exclude)
+        num_train = int((~np.isin(folder.train.labels, exclude)).sum())
+        return _grain_data(train, evals, num_classes=len(folder.class_names), image_shape=(size, size, channels),
+                           num_train=num_train, num_eval=len(folder.eval.paths), excluded=exclude,
+                           class_names=folder.class_names)
+
     from jkd.data import tfds as tfds_data
 
-    info = tfds_data.dataset_info(data_cfg.name, data_dir=data_cfg.get("data_dir") or None)
+    data_dir = data_cfg.get("data_dir") or None
+    info = tfds_data.dataset_info(data_cfg.name, data_dir=data_dir)
+    tfds_data.check_prepared(info, data_cfg.name, data_dir)
     exclude = excluded_classes(data_cfg, info["num_classes"])
     common = dict(image_size=size, channels=channels, mean=data_cfg.mean, std=data_cfg.std,
                   data_dir=data_cfg.get("data_dir") or None, process_index=pi, process_count=pc)
@@ -136,6 +154,17 @@ def make_data(data_cfg, *, seed: int, global_batch_size: int, eval_batch_size: i
                                         seed=seed, shuffle=True, exclude_classes=exclude, **common)
     evals = tfds_data.make_tfds_batches(data_cfg.name, data_cfg.eval_split, global_batch_size=eval_batch_size,
                                         seed=seed, shuffle=False, drop_remainder=False, **common)
+    num_train = (len(tfds_data.kept_indices(data_cfg.name, data_cfg.train_split, exclude, common["data_dir"]))
+                 if exclude else info["splits"][data_cfg.train_split])
+    return _grain_data(train, evals, num_classes=info["num_classes"], image_shape=(size, size, channels),
+                       num_train=num_train, num_eval=info["splits"][data_cfg.eval_split], excluded=exclude,
+                       class_names=tfds_data.class_names(data_cfg.name, data_dir))
+
+
+def _grain_data(train, evals, *, num_classes, image_shape, num_train, num_eval, excluded, class_names) -> Data:
+    """Data over grain pipelines (jkd/data/pipeline.py): every train example labelled, eval 'mask' as
+    its label_mask."""
+    from jkd.data.pipeline import iterate
 
     def train_batch(step):
         batch = dict(train[int(step)])
@@ -143,13 +172,11 @@ def make_data(data_cfg, *, seed: int, global_batch_size: int, eval_batch_size: i
         return batch
 
     def eval_batches():
-        for batch in tfds_data.iterate(evals):
+        for batch in iterate(evals):
             batch = dict(batch)
             batch["label_mask"] = batch["mask"]
             yield batch
 
-    num_train = (len(tfds_data.kept_indices(data_cfg.name, data_cfg.train_split, exclude, common["data_dir"]))
-                 if exclude else info["splits"][data_cfg.train_split])
-    return Data(train_batch=train_batch, eval_batches=eval_batches, num_classes=info["num_classes"],
-                image_shape=(size, size, channels), num_train=num_train, num_labelled=num_train,
-                num_eval=info["splits"][data_cfg.eval_split], excluded_classes=exclude)
+    return Data(train_batch=train_batch, eval_batches=eval_batches, num_classes=num_classes, image_shape=image_shape,
+                num_train=num_train, num_labelled=num_train, num_eval=num_eval, excluded_classes=excluded,
+                class_names=tuple(class_names))

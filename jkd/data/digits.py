@@ -17,7 +17,9 @@ SPLIT_SEED = 0
 
 
 @functools.lru_cache(maxsize=4)
-def _raw_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def raw_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The fixed stratified split of the 1,797 digits: {'train': (images [1347, 8, 8] f32 in [0, 1],
+    labels [1347] i32), 'test': ([450, 8, 8], [450])} (cached; docs/DATA.md writes it as a folder)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -51,7 +53,7 @@ def load_digits_split(split: str, *, image_size: int = 16, channels: int = 1, me
     if split not in ("train", "test"):
         from jkd.errors import ConfigError
         raise ConfigError(f"config.data: digits has splits 'train' and 'test', got {split!r}")
-    images, labels = _raw_split()[split]
+    images, labels = raw_splits()[split]
     images = _resize(images, image_size)[..., None]
     images = np.repeat(images, channels, axis=-1)
     return ((images - mean) / std).astype(np.float32), labels.copy()

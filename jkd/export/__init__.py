@@ -82,8 +82,14 @@ def _metadata(st: Student, batch, opset, compat) -> dict:
     import flax
     import jax
 
+    from jkd.checkpoint import read_run_info
+
     p = st.preprocessing
     h = w = st.spec.image_size
+    # run.json records the data's class names since issue 16; older runs and imported teachers have none
+    class_names = list((read_run_info(st.workdir) or {}).get("class_names") or [])
+    if len(class_names) != st.spec.num_classes:
+        class_names = []
     c = st.spec.in_channels
     value_range = ("[0, 1] pixels; the graph computes (x - mean) / std itself" if p.fold else
                    "normalised: (pixels - mean) / std with pixels in [0, 1]")
@@ -95,6 +101,7 @@ def _metadata(st: Student, batch, opset, compat) -> dict:
         "jkd.resize": p.resize,
         "jkd.output": f"{OUTPUT_NAME}: float32 [B, {st.spec.num_classes}], pre-softmax",
         "jkd.num_classes": st.spec.num_classes,
+        "jkd.class_names": class_names,  # output index i's name ([] when the run recorded none)
         "jkd.eval_mode": "no dropout or stochastic depth; a distillation-token ViT averages its two heads",
         "jkd.student": st.name, "jkd.model_spec": st.spec.to_json(), "jkd.workdir": st.workdir,
         "jkd.checkpoint_step": st.step, "jkd.dataset": st.config.get("data", {}).get("name", "digits"),

@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from jkd.checkpoint import checkpoint_dir, read_run_info, require_run_info, restore_params
+from jkd.data.preprocess import per_channel
 from jkd.errors import ConfigError
 from jkd.train.state import ModelSpec, graphdef_and_shapes
 
@@ -81,13 +82,6 @@ def export_spec(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def _channels(value, channels: int, field: str) -> tuple:
-    a = np.asarray(value, np.float32).reshape(-1)
-    if a.size not in (1, channels):
-        raise ConfigError(f"{field}: expected a scalar or {channels} values, got {list(a)}")
-    return tuple(float(v) for v in np.broadcast_to(a, (channels,)))
-
-
 def preprocessing_from_config(config: dict, channels: int, fold: bool = True) -> Preprocessing:
     data = config.get("data", {})
     name = data.get("name", "digits")
@@ -97,8 +91,8 @@ def preprocessing_from_config(config: dict, channels: int, fold: bool = True) ->
     else:
         resize = (f"TFDS {name}: shorter side resized bilinearly to {size}, center crop {size}x{size}, "
                   f"uint8/255; grey->RGB by repetition, RGB->grey by ITU-R 601 luma")
-    return Preprocessing(mean=_channels(data.get("mean", 0.5), channels, "run.json config.data.mean"),
-                         std=_channels(data.get("std", 0.5), channels, "run.json config.data.std"),
+    return Preprocessing(mean=per_channel(data.get("mean", 0.5), channels, "run.json config.data.mean"),
+                         std=per_channel(data.get("std", 0.5), channels, "run.json config.data.std"),
                          fold=fold, resize=resize)
 
 

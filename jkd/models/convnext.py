@@ -21,7 +21,8 @@ from flax import nnx
 from jkd.models.layers import drop_path, split_key
 
 # name: (depths, widths). T/S/B/L from the paper; atto..nano are timm's small variants for CPU work;
-# zepto is jkd's own one-block-per-stage size for fast tests (not a published model).
+# zepto is jkd's own one-block-per-stage size (not a published model): fast tests, and the
+# quickstart's ConvNeXt student (233,114 params at 16 px, 1 channel, 10 classes; its teacher vit_pico4 has 675,562).
 CONVNEXT_SIZES = {
     "zepto": ((1, 1, 1, 1), (16, 32, 64, 128)),
     "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),

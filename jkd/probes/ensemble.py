@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from jkd import checks, rundir
+from jkd import checks, ranges, rundir
 from jkd.errors import ConfigError
 from jkd.train.stages import check_stage, run_stage
 
@@ -71,6 +71,7 @@ def stage_configs(config, workdir: str) -> dict:
 
 def check_config(config) -> None:
     """Every stage's start-up checks (run before any training; also used by jkd.sweep)."""
+    ranges.check(config)  # ensemble.size, generations and every other numeric field (jkd/ranges.py)
     for stage, _ in stage_configs(config, "/unused").values():
         # the teachers are checked when their stage loads them
         check_stage(stage)

@@ -19,21 +19,20 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jkd import checks
+from jkd import checks, ranges
 from jkd.errors import ConfigError, NonFiniteError
 from jkd.models import check_model
 from jkd.train.state import ModelSpec, model_features
 
 
 def check_teacher_student(config) -> None:
-    """Checks of the fields every probe on this trainer reads: seed, sizes, config.teacher and
-    config.student (model, steps), optimizer warm-up, batch size, KD weight and temperature; and no
-    config.probe (the field that picked one of these probes before config.trainer did)."""
+    """Checks of the fields every probe on this trainer reads: every numeric field's range
+    (jkd/ranges.py), config.teacher and config.student (model, steps), optimizer warm-up, batch size,
+    KD weight in [0, 1]; and no config.probe (the field that picked one of these probes before
+    config.trainer did)."""
     if "probe" in config:
         raise ConfigError("config.probe: removed; config.trainer names the probe ('spurious' or 'augmentation')")
-    checks.seed(config)
-    checks.positive_ints(config, "batch_size", "data.image_size", "data.num_train", "data.num_test", "teacher.steps",
-                         "student.steps", "log_every")
+    ranges.check(config)
     for role in ("teacher", "student"):
         check_model(config[role].model.name, image_size=config.data.image_size, field=f"config.{role}.model",
                     **dict(config[role].model.get("kwargs", {})))
@@ -43,8 +42,7 @@ def check_teacher_student(config) -> None:
     if config.batch_size > config.data.num_train:
         raise ConfigError(f"config.batch_size: {config.batch_size} exceeds config.data.num_train = "
                           f"{config.data.num_train}")
-    checks.fraction(config, "kd.weight")
-    checks.positive(config, "kd.temperature")
+    checks.fraction(config, "kd.weight")  # stricter than jkd/ranges.py: weight * KD + (1 - weight) * CE
 
 
 # ----------------------------------------------------------------------------- models, many at once

@@ -24,19 +24,21 @@ import jax
 import numpy as np
 
 from jkd import evaluate, rundir
-from jkd.checkpoint import load_teacher
-from jkd.data import excluded_classes, make_data
+from jkd.checkpoint import load_teacher, teacher_preprocessing
+from jkd.data import excluded_classes, make_data, preprocess
 from jkd.train.quickstart import parse_methods, run_quickstart
 from jkd.train.state import apply_model
 
 
-def _all_logits(workdir: str, model_key: str, *datasets) -> list[tuple[np.ndarray, np.ndarray]]:
+def _all_logits(workdir: str, model_key: str, data_input, *datasets) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per dataset, (logits [N, K], labels [N]) of one trained model on its eval set (host-local,
-    unsharded): the checkpoint is restored and the forward compiled once for all of them."""
+    unsharded): the checkpoint is restored and the forward compiled once for all of them. The
+    images, normalised as data_input (ModelInput), reach the model as it expects (as in distill)."""
     local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # scored on one device, unsharded
-    _, graphdef, params = load_teacher(workdir, model_key=model_key, field=f"omitted probe: {workdir}",
-                                       shardings_fn=lambda shapes: jax.tree.map(lambda _: local, shapes))
-    forward = jax.jit(lambda p, x: apply_model(graphdef, p, x))
+    spec, graphdef, params = load_teacher(workdir, model_key=model_key, field=f"omitted probe: {workdir}",
+                                          shardings_fn=lambda shapes: jax.tree.map(lambda _: local, shapes))
+    view = preprocess.view_fn(data_input, teacher_preprocessing(workdir, spec))
+    forward = jax.jit(lambda p, x: apply_model(graphdef, p, x if view is None else view(x)))
     out = []
     for data in datasets:
         logits, labels = [], []
@@ -65,7 +67,8 @@ def score_students(config, workdir: str) -> dict:
     classes = excluded_classes(config.data, test.num_classes)
     train_images = _local_data(config, eval_split=config.data.train_split)
     teacher_dir = os.path.join(workdir, "teacher")
-    (teacher_test, labels), (teacher_train, _) = _all_logits(teacher_dir, "model", test, train_images)
+    data_input = preprocess.data_input(config.data)
+    (teacher_test, labels), (teacher_train, _) = _all_logits(teacher_dir, "model", data_input, test, train_images)
     prior = [float((teacher_train.argmax(1) == c).mean()) for c in classes]
     models = {"teacher": evaluate.omitted_class_errors(teacher_test, labels, classes)}
     stages = [(f"kd_{m}", name) for m in parse_methods(config) for name in config.students]
@@ -76,7 +79,7 @@ def score_students(config, workdir: str) -> dict:
         with open(info_path) as f:
             if key not in json.load(f)["models"]:
                 continue  # a method that does not apply to this student
-        scored = _all_logits(stage_dir, key, test, *([train_images] if classes else []))
+        scored = _all_logits(stage_dir, key, data_input, test, *([train_images] if classes else []))
         test_logits = scored[0][0]
         row = {"before": evaluate.omitted_class_errors(test_logits, labels, classes)}
         if classes:

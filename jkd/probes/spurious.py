@@ -62,19 +62,16 @@ def check_config(config) -> None:
     if config.data.name not in ("spurious_synthetic", "celeb_a"):
         raise ConfigError(f"config.data.name: the spurious probe reads 'spurious_synthetic' or 'celeb_a' "
                           f"(TFDS, attributes as label and group), got {config.data.name!r}")
-    if config.data.name == "spurious_synthetic" and not 0.5 <= config.data.spurious_corr < 1.0:
-        raise ConfigError(f"config.data.spurious_corr: a fraction in [0.5, 1), got {config.data.spurious_corr}")
+    if config.data.name == "spurious_synthetic" and config.data.core_size > config.data.image_size:
+        raise ConfigError(f"config.data.core_size: the core shape must fit in the image, <= data.image_size = "
+                          f"{config.data.image_size}; got {config.data.core_size}")
     depth = feature_depth(config.student.model.name)
     if not 0 <= config.student.exit_block < depth - 1:
         raise ConfigError(f"config.student.exit_block: an early block of {config.student.model.name!r}, "
                           f"0..{depth - 2}; got {config.student.exit_block}")
-    if config.reweight.beta < 0:
-        raise ConfigError(f"config.reweight.beta: must be >= 0, got {config.reweight.beta}")
     if checks.has(config, "reweight.terms"):
         checks.one_of(config, "reweight.terms", REWEIGHT_TERMS)
     checks.one_of(config, "laplace.predictive", ("probit", "mc"))
-    checks.positive(config, "laplace.prior_precision")
-    checks.positive_ints(config, "laplace.fit_examples", "laplace.mc_samples")
 
 
 def student_losses(config) -> list[str]:

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jkd import checks, losses, rundir
+from jkd import checks, losses, ranges, rundir
 from jkd.data.multiview import check_config as check_data_config
 from jkd.data.multiview import make_multiview
 from jkd.errors import ConfigError, NonFiniteError
@@ -70,29 +70,15 @@ RENAMED = {
 def check_config(config) -> None:
     """Every check of a theory config, before anything is generated or compiled (ConfigError)."""
     checks.check_renamed(config, RENAMED)
-    checks.seed(config)
+    ranges.check(config)  # every numeric field's own range (jkd/ranges.py); the relations follow
     check_data_config(config.data)
-    if not isinstance(config.data.seed, int) or config.data.seed < -1:
-        raise ConfigError(f"config.data.seed: an integer >= 0, or -1 to follow config.seed; got {config.data.seed!r}")
     checks.comma_list(config.variants, tm.VARIANTS, "variants")
     checks.comma_list(config.methods, METHODS, "methods")
-    q = config.net.q
-    if not isinstance(q, int) or isinstance(q, bool) or q < 3:
-        raise ConfigError(f"config.net.q: the smoothed ReLU's power must be an integer >= 3, got {q!r}")
-    checks.positive_ints(config, "net.channels", "rf.features", "net.steps", "rf.steps", "ntk.steps", "ensemble.size",
-                         "kd.num_students", "log_every")
-    checks.positive(config, "net.varrho", "net.init_std", "rf.init_std", "ntk.init_std", "net.lr", "rf.lr", "ntk.lr",
-                    "kd.temperature")
-    if config.ensemble.size < 2:
-        raise ConfigError(f"config.ensemble.size: an ensemble needs at least 2 models, got {config.ensemble.size}")
     if config.kd.num_students > config.ensemble.size:
         raise ConfigError(f"config.kd.num_students: {config.kd.num_students} self-distillation students need as "
                           f"many teachers, but config.ensemble.size = {config.ensemble.size}")
-    if not 0.0 < config.probe.view_threshold <= 1.0:
-        raise ConfigError(f"config.probe.view_threshold: a fraction in (0, 1] of the model's largest view "
-                          f"correlation, got {config.probe.view_threshold}")
     checks.one_of(config, "ensemble.average", ("logits", "probs"))
-    checks.fraction(config, "kd.weight")
+    checks.fraction(config, "kd.weight")  # stricter than jkd/ranges.py: weight * KD + (1 - weight) * CE
     b = config.net.batch_size
     if not isinstance(b, int) or not 0 <= b <= config.data.num_train:
         raise ConfigError(f"config.net.batch_size: 0 (full batch) or 1..data.num_train = {config.data.num_train}, "

@@ -16,7 +16,7 @@ import numpy as np
 
 from jkd import checkpoint, checks, rundir, sharding
 from jkd.config import check_model_entry, check_run
-from jkd.data import make_data
+from jkd.data import make_data, preprocess
 from jkd.errors import ConfigError
 from jkd.models import check_model, parse_model_name
 from jkd.train.loop import fit
@@ -44,21 +44,27 @@ def split_paths(text: str) -> list[str]:
 
 
 def load_teachers(config, mesh) -> list:
-    """[(spec, graphdef, params)] for every comma-separated path of config.teacher.checkpoint."""
+    """[(spec, graphdef, params, ModelInput)] for every comma-separated path of
+    config.teacher.checkpoint; ModelInput (checkpoint.teacher_preprocessing) is the input the
+    teacher expects, which the step makes from the students' view (jkd.data.preprocess)."""
     paths = split_paths(config.teacher.checkpoint)
     if not paths:
         raise ConfigError("config.teacher.checkpoint: no teacher given (a teacher workdir or checkpoint dir; "
                           "several comma-separated for an ensemble)")
     shardings_fn = lambda s: sharding.tree_shardings(s, mesh, config.mesh.min_shard_size)  # noqa: E731
-    return [teacher_compute_options(checkpoint.load_teacher(path, model_key=config.teacher.model_key,
-                                                            shardings_fn=shardings_fn), config)
-            for path in paths]
+    teachers = []
+    for path in paths:
+        spec, graphdef, params = checkpoint.load_teacher(path, model_key=config.teacher.model_key,
+                                                         shardings_fn=shardings_fn)
+        teachers.append(teacher_compute_options((spec, graphdef, params, checkpoint.teacher_preprocessing(path, spec)),
+                                                config))
+    return teachers
 
 
 def teacher_compute_options(teacher: tuple, config) -> tuple:
-    """(spec, graphdef, params) of a ViT teacher with config.teacher.attention_impl / attention_pad_to
-    applied (how it computes, not what: params unchanged; jkd.train.state.COMPUTE_OPTIONS)."""
-    spec, graphdef, params = teacher
+    """(spec, graphdef, params[, ModelInput]) of a ViT teacher with config.teacher.attention_impl /
+    attention_pad_to applied (how it computes, not what: params unchanged; jkd.train.state.COMPUTE_OPTIONS)."""
+    spec, graphdef, params, *model_input = teacher
     options = {}
     if config.teacher.get("attention_impl", ""):
         options["attention_impl"] = config.teacher.attention_impl
@@ -68,11 +74,12 @@ def teacher_compute_options(teacher: tuple, config) -> tuple:
         return teacher
     spec = dataclasses.replace(spec, kwargs=tuple(sorted({**dict(spec.kwargs), **options}.items())))
     check_model(spec.name, image_size=spec.image_size, field="config.teacher", **dict(spec.kwargs))
-    return spec, graphdef_and_shapes(spec)[0], params
+    return (spec, graphdef_and_shapes(spec)[0], params, *model_input)
 
 
 def check_teachers(teachers: list, config, num_classes: int) -> None:
-    """Teachers must agree with each other and with the data on classes and input shape."""
+    """Teachers must agree with each other and with the data on classes; each teacher's input is made
+    from the students' (another size is resized, grey repeated to RGB: jkd.data.preprocess)."""
     classes = {t[0].num_classes for t in teachers}
     if len(classes) > 1:
         raise ConfigError(f"config.teacher.checkpoint: the teachers have different class counts "
@@ -81,10 +88,11 @@ def check_teachers(teachers: list, config, num_classes: int) -> None:
     if spec.num_classes != num_classes:
         raise ConfigError(f"config.teacher.checkpoint: the teacher has {spec.num_classes} classes but the "
                           f"students ({config.data.name}) have {num_classes}")
+    students = preprocess.data_input(config.data)
     for t in teachers:
-        if (t[0].image_size, t[0].in_channels) != (config.data.image_size, config.data.channels):
-            raise ConfigError(f"config.data: the teacher {t[0].name} takes {t[0].image_size}px x {t[0].in_channels} "
-                              f"channels, the data gives {config.data.image_size}px x {config.data.channels}")
+        teacher_input = t[3] if len(t) > 3 else preprocess.model_input(
+            None, None, image_size=t[0].image_size, channels=t[0].in_channels)
+        preprocess.check_view(students, teacher_input, f"config.teacher.checkpoint ({t[0].name})")
 
 
 def check_config(config) -> None:

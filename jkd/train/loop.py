@@ -1,7 +1,7 @@
 """The training loop of every jkd.train trainer (supervised, distill, and the pipelines' stages):
-mesh, sharded init or resume, compiled step, eval, JSON-lines metrics, progress bar, async
-checkpoints, summary. The probes that train many small models at once have their own vmapped
-loops (jkd/probes/multiseed.py, jkd/probes/theory.py; each says why).
+mesh, sharded init or resume, compiled step, eval, JSON-lines metrics (mirrored to TensorBoard / W&B
+by jkd/writers.py), progress bar, async checkpoints, summary. The probes that train many small models
+at once have their own vmapped loops (jkd/probes/multiseed.py, jkd/probes/theory.py; each says why).
 
     summary, state = fit(config, workdir, specs={'vit': ModelSpec(...)}, data=data, teachers=(), ...)
     steps = compile_steps(config, mesh, specs, num_classes=10, teachers=...)   # what fit and jkd.bench run
@@ -27,7 +27,8 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from tqdm.auto import tqdm
 
-from jkd import checkpoint, rundir, sharding
+from jkd import checkpoint, rundir, sharding, writers
+from jkd.data import preprocess
 from jkd.errors import ConfigError, NonFiniteError
 from jkd.models import count_params
 from jkd.train.objectives import resolve_augment
@@ -78,12 +79,15 @@ def compile_steps(config, mesh: Mesh, specs: dict, *, num_classes: int, teachers
                   objectives: dict | None = None, heads: dict | None = None) -> CompiledSteps:
     """The sharded init and the jitted train and eval steps of models {name: ModelSpec} on `mesh`.
 
-    teachers: (spec, graphdef, params) tuples (params may be ShapeDtypeStructs: only their shapes
-    are read); objectives {name: Objective} apply only with teachers; heads {name: (graphdef,
-    params)} are feature-KD heads, trained beside their student. Reads config.seed, .steps,
-    .optimizer, .augment, .label_smoothing, .nonfinite and .mesh.min_shard_size. Every model is
-    initialised from config.seed alone, so a KD student and its label-only twin trained with the
-    same seed in another run start from identical weights. XLA compiles at the first call.
+    teachers: (spec, graphdef, params[, ModelInput]) tuples (params may be ShapeDtypeStructs: only
+    their shapes are read); a teacher's ModelInput (jkd.train.distill.load_teachers) makes its view
+    of the images from config.data's (jkd.data.preprocess.view_fn: none when they agree);
+    objectives {name: Objective} apply only with teachers; heads {name: (graphdef, params)} are
+    feature-KD heads, trained beside their student. Reads config.seed, .steps, .optimizer,
+    .augment, .label_smoothing, .nonfinite, .mesh.min_shard_size (and .data.mean/std with a
+    teacher's ModelInput). Every model is initialised from config.seed alone, so a KD student and
+    its label-only twin trained with the same seed in another run start from identical weights. XLA
+    compiles at the first call.
     """
     heads = heads or {}
     nonfinite = nonfinite_mode(config)
@@ -100,6 +104,8 @@ def compile_steps(config, mesh: Mesh, specs: dict, *, num_classes: int, teachers
     state_sh = sharding.tree_shardings(abstract, mesh, config.mesh.min_shard_size)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, state_sh)
     teacher_graphdefs = tuple(t[1] for t in teachers)
+    teacher_views = tuple(preprocess.view_fn(preprocess.data_input(config.data), t[3]) if len(t) > 3 else None
+                          for t in teachers)
     teacher_sh = sharding.tree_shardings(tuple(t[2] for t in teachers), mesh, config.mesh.min_shard_size)
     graphdefs = {name: graphdef_and_shapes(spec)[0] for name, spec in specs.items()}
     step_fn = make_train_step(graphdefs, txs, num_classes=num_classes,
@@ -107,22 +113,19 @@ def compile_steps(config, mesh: Mesh, specs: dict, *, num_classes: int, teachers
                               objectives=objectives if teachers else None, teacher_graphdefs=teacher_graphdefs,
                               head_graphdefs={n: g for n, (g, _) in heads.items()},
                               label_smoothing=config.label_smoothing,
-                              schedules={n: lr_schedule(config.optimizer, config.steps) for n in specs})
+                              schedules={n: lr_schedule(config.optimizer, config.steps) for n in specs},
+                              teacher_views=teacher_views)
     batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
     return CompiledSteps(
         init=jax.jit(init_fn, out_shardings=state_sh), abstract_state=abstract, state_shardings=state_sh,
         teacher_shardings=teacher_sh, batch_sharding=batch_sh,
         train_step=jax.jit(guard_nonfinite(step_fn, nonfinite), in_shardings=(state_sh, batch_sh, teacher_sh),
                            out_shardings=(state_sh, repl, repl), donate_argnums=0),
-        eval_step=jax.jit(make_eval_step(graphdefs, teacher_graphdefs),
+        eval_step=jax.jit(make_eval_step(graphdefs, teacher_graphdefs, teacher_views),
                           in_shardings=(state_sh.params, batch_sh, teacher_sh), out_shardings=repl))
 
 
 # ------------------------------------------------------------------------------- metrics log
-
-def _log(workdir: str, record: dict) -> None:
-    rundir.append_jsonl(os.path.join(workdir, "metrics.jsonl"), record)
-
 
 def _cut_log(workdir: str, step: int, final_step: int) -> None:
     """Keep the metrics.jsonl records a run restored at `step` had already written (steps <= step,
@@ -188,13 +191,18 @@ def fit(config, workdir: str, *, specs: dict, data, teachers: tuple = (), object
         with open(summary_path) as f:
             return json.load(f), state
     _cut_log(workdir, int(state.step), config.steps)
-    t_train = time.time()
-    state, skipped = _train(config, workdir, steps, mesh, state, data, teacher_params, manager, desc)
-    train_seconds = time.time() - t_train
-    final = evaluate(steps.eval_step, state.params, data, mesh, teacher_params)
-    manager.wait_until_finished()
-    manager.close()
-    _log(workdir, {"step": int(state.step), "split": "eval", **final})
+    run_log = rundir.open_log(workdir, config)  # the writers replay what _cut_log kept
+    try:  # closed also when the non-finite guard stops the run: its event files stay complete
+        t_train = time.time()
+        state, skipped = _train(config, workdir, steps, mesh, state, data, teacher_params, manager, desc,
+                                run_log.log)
+        train_seconds = time.time() - t_train
+        final = evaluate(steps.eval_step, state.params, data, mesh, teacher_params)
+        manager.wait_until_finished()
+        manager.close()
+        run_log.log({"step": int(state.step), "split": "eval", **final})
+    finally:
+        rundir.close_log(run_log)
 
     summary = {
         "workdir": os.path.abspath(workdir), "steps": int(state.step), "resumed_from": resumed_from,
@@ -218,6 +226,7 @@ def _setup(config, workdir, specs, data, teachers, objectives, heads, mesh):
     """Check the run against the devices and the workdir, build the steps, write run.json:
     (mesh, CompiledSteps). Raises ConfigError before anything is compiled or written."""
     nonfinite_mode(config)
+    writers.check_config(config)
     mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
     sharding.check_batch_size(config.batch_size, mesh)
     sharding.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
@@ -226,13 +235,15 @@ def _setup(config, workdir, specs, data, teachers, objectives, heads, mesh):
                           objectives=objectives, heads=heads)
     checkpoint.write_run_info(workdir, {
         "trainer": config.trainer, "models": {k: v.to_json() for k, v in specs.items()},
-        "teachers": [t[0].to_json() for t in teachers], "config": json.loads(config.to_json_best_effort())})
+        "teachers": [t[0].to_json() for t in teachers], "config": json.loads(config.to_json_best_effort()),
+        "class_names": list(getattr(data, "class_names", ()))})  # label i's name (jkd.export writes them into the ONNX metadata)
     return mesh, steps
 
 
-def _train(config, workdir, steps: CompiledSteps, mesh, state, data, teacher_params, manager, desc):
-    """Steps int(state.step) .. config.steps, logging, evaluating and checkpointing on their
-    schedules. Returns (final state, number of updates dropped by config.nonfinite='skip')."""
+def _train(config, workdir, steps: CompiledSteps, mesh, state, data, teacher_params, manager, desc, log):
+    """Steps int(state.step) .. config.steps, logging (log(record): rundir.RunLog.log), evaluating and
+    checkpointing on their schedules. Returns (final state, number of updates dropped by
+    config.nonfinite='skip')."""
     nonfinite = nonfinite_mode(config)
     bar = tqdm(total=config.steps, initial=int(state.step), desc=desc, dynamic_ncols=True, leave=False,
                disable=not rundir.is_writer() or not config.progress)
@@ -261,11 +272,11 @@ def _train(config, workdir, steps: CompiledSteps, mesh, state, data, teacher_par
                 skipped, skipped_total = [], skipped_total + n
                 if n:
                     metrics["skipped_updates"] = n
-            _log(workdir, {"step": done, "split": "train", **metrics})
+            log({"step": done, "split": "train", **metrics})
             bar.set_postfix({k.replace("/loss", ""): f"{v:.3f}" for k, v in metrics.items() if k.endswith("/loss")})
         if config.eval_every and done % config.eval_every == 0 and done != config.steps:
-            _log(workdir, {"step": done, "split": "eval",
-                           **evaluate(steps.eval_step, state.params, data, mesh, teacher_params)})
+            log({"step": done, "split": "eval",
+                 **evaluate(steps.eval_step, state.params, data, mesh, teacher_params)})
         if done % config.checkpoint_every == 0 or done == config.steps:
             if pending is not None:
                 _stop_if_nonfinite(*pending, manager, bar, workdir)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jkd import losses
+from jkd import losses, ranges
 from jkd.errors import ConfigError
 from jkd.models import parse_model_name
 from jkd.models.kd_heads import AlignHead, ViTKDHeads
@@ -115,17 +115,13 @@ def resolve_kd(kd: dict, *, deit: bool, vit_student: bool, field: str) -> dict:
         raise ConfigError(f"{field}.kd.setting: unknown {setting!r} (known: {', '.join(SETTINGS)})")
     paper = paper_defaults(kd["method"], setting, deit=deit, vit_student=vit_student)
     out = {k: (paper[k] if kd.get(k) is None else kd[k]) for k in paper}
+    for k in paper:  # the resolved values (1 - weight may be < 0) against each field's range, jkd/ranges.py
+        ranges.check_value(out[k], f"kd.{k}", f"{field}.kd.{k}")
     if kd.get("weight") is not None and kd.get("ce_weight") is None and kd["method"] in CONVEX_METHODS:
-        out["ce_weight"] = 1.0 - float(kd["weight"])
-    for k in ("temperature", "weight", "ce_weight", "dkd_alpha", "dkd_beta", "nkd_gamma", "dist_beta", "dist_gamma"):
-        if not isinstance(out[k], (int, float)) or isinstance(out[k], bool):
-            raise ConfigError(f"{field}.kd.{k}: must be a number, got {out[k]!r}")
-    if out["temperature"] <= 0:
-        raise ConfigError(f"{field}.kd.temperature: must be > 0, got {out['temperature']}")
-    if out["weight"] < 0 or out["ce_weight"] < 0:
-        raise ConfigError(f"{field}.kd.weight / ce_weight: must be >= 0, got {out['weight']}, {out['ce_weight']}")
-    if not 0.0 <= out["dkd_warmup_fraction"] <= 1.0:
-        raise ConfigError(f"{field}.kd.dkd_warmup_fraction: must be in [0, 1], got {out['dkd_warmup_fraction']}")
+        if out["weight"] > 1:
+            raise ConfigError(f"{field}.kd.weight: {kd['method']} with only kd.weight set uses 1 - weight as the "
+                              f"label CE weight, so weight must be <= 1 (or set kd.ce_weight); got {out['weight']}")
+        out["ce_weight"] = 1.0 - float(out["weight"])
     out["deit_soft_scale"] = kd.get("deit_soft_scale", "reference")
     if out["deit_soft_scale"] not in DEIT_SOFT_SCALES:
         raise ConfigError(f"{field}.kd.deit_soft_scale: unknown {out['deit_soft_scale']!r} "
@@ -172,8 +168,8 @@ def _feature_options(feat: dict, field: str) -> dict:
         if feat["align_loss"] not in ("cosine", "mse"):
             raise ConfigError(f"{field}.feature_kd.align_loss: 'cosine' or 'mse', got {feat['align_loss']!r}")
     out = {k: (VITKD_DEFAULTS[k] if feat.get(k) is None else feat[k]) for k in VITKD_DEFAULTS}
-    if not 0.0 < out["mask_ratio"] < 1.0:
-        raise ConfigError(f"{field}.feature_kd.mask_ratio: must be in (0, 1), got {out['mask_ratio']}")
+    for k in out:
+        ranges.check_value(out[k], f"feature_kd.{k}", f"{field}.feature_kd.{k}")
     return out
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from jkd import checks, rundir
+from jkd import checks, ranges, rundir
 from jkd.config import check_model_entry, check_renamed
 from jkd.errors import ConfigError
 from jkd.train.stages import check_stage, run_stage
@@ -123,6 +123,7 @@ def stage_configs(config) -> dict:
 def check_config(config) -> None:
     """Every stage's start-up checks, before the first one trains (ConfigError naming the field)."""
     check_renamed(config)
+    ranges.check(config)  # teacher.steps and every other numeric field (jkd/ranges.py)
     if not checks.has(config, "teacher.model") or not checks.has(config, "teacher.steps"):
         raise ConfigError("config.teacher.model / config.teacher.steps: the quickstart trains its teacher; set both")
     check_model_entry(config.teacher.model, config, "config.teacher.model")
@@ -134,7 +135,6 @@ def check_config(config) -> None:
     if "model" in config:
         raise ConfigError(f"config.model: the {config.trainer} pipeline derives each stage's model "
                           "(config.teacher.model, config.students); remove the field")
-    checks.positive_ints(config, "teacher.steps")
     if not config.students:
         raise ConfigError("config.students: the quickstart needs at least one student")
     check_presets(config)

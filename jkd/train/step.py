@@ -43,12 +43,14 @@ class _Teacher(NamedTuple):
 
 def make_train_step(graphdefs: dict, txs: dict, *, num_classes: int, augment_cfg, objectives: dict | None = None,
                     teacher_graphdefs: tuple = (), head_graphdefs: dict | None = None,
-                    label_smoothing: float = 0.0, schedules: dict | None = None):
+                    label_smoothing: float = 0.0, schedules: dict | None = None, teacher_views: tuple = ()):
     """Build step(state, batch, teacher_params) for students {name: graphdef}.
 
     batch: image [B, H, W, C], label [B] int32, label_mask [B] f32 (1 = label usable by CE).
     objectives: {name: Objective} (distillation) or None (supervised). teacher_params: a tuple
-    aligned with teacher_graphdefs. metrics: {f'{name}/{metric}': scalar}.
+    aligned with teacher_graphdefs. teacher_views: aligned with them too, each None (the teacher
+    takes the students' images) or images -> the teacher's input (jkd.data.preprocess.view_fn);
+    () = all None. metrics: {f'{name}/{metric}': scalar}.
     """
     names = sorted(graphdefs)
     objectives = objectives or {}
@@ -62,7 +64,8 @@ def make_train_step(graphdefs: dict, txs: dict, *, num_classes: int, augment_cfg
                              label_smoothing=label_smoothing)
         teacher = None
         if teacher_graphdefs:
-            teacher = _teacher_forward(teacher_graphdefs, teacher_params, b, with_features=teacher_features)
+            teacher = _teacher_forward(teacher_graphdefs, teacher_params, b, with_features=teacher_features,
+                                       views=teacher_views)
 
         new_params, new_opt, metrics = dict(state.params), dict(state.opt_state), {}
         for i, name in enumerate(names):
@@ -78,7 +81,8 @@ def make_train_step(graphdefs: dict, txs: dict, *, num_classes: int, augment_cfg
             (loss, (parts, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
             _apply_updates(txs, state, trainable, grads, new_params, new_opt)
             metrics.update(_student_metrics(name, loss, parts, logits, grads, b, state.step,
-                                            schedules[name] if schedules else None))
+                                            schedules[name] if schedules else None,
+                                            None if teacher is None else teacher.logits))
         new_state = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt)
         return new_state, metrics
 
@@ -97,15 +101,25 @@ def _augmented_batch(aug_key, batch: dict, *, num_classes: int, augment_cfg, lab
     return _Batch(images, label_mask, targets, hard_labels)
 
 
-def _teacher_forward(teacher_graphdefs: tuple, teacher_params: tuple, b: _Batch, *, with_features: bool) -> _Teacher:
-    """Every teacher once on b.images [B, H, W, C], frozen (stop_gradient): logits [M, B, K], the first
-    teacher's features when with_features (feature KD), and the per-example target classes [B]."""
+def teacher_inputs(images: jax.Array, views: tuple, num_teachers: int) -> list:
+    """Each teacher's input from the students' images [B, H, W, C]: views[i](images), or images itself
+    where views[i] is None or views is () (then nothing is added to the computation)."""
+    views = views or (None,) * num_teachers
+    return [images if view is None else view(images) for view in views]
+
+
+def _teacher_forward(teacher_graphdefs: tuple, teacher_params: tuple, b: _Batch, *, with_features: bool,
+                     views: tuple = ()) -> _Teacher:
+    """Every teacher once on its view of b.images [B, H, W, C] (teacher_inputs), frozen
+    (stop_gradient): logits [M, B, K], the first teacher's features when with_features (feature
+    KD), and the per-example target classes [B]."""
+    inputs = teacher_inputs(b.images, views, len(teacher_graphdefs))
     teacher_out = None
     if with_features:  # feature KD learns from the first teacher's intermediates
-        teacher_out = jax.lax.stop_gradient(model_features(teacher_graphdefs[0], teacher_params[0], b.images))
+        teacher_out = jax.lax.stop_gradient(model_features(teacher_graphdefs[0], teacher_params[0], inputs[0]))
     teacher_logits = jax.lax.stop_gradient(jnp.stack([  # [M, B, K]
-        teacher_out["logits"] if i == 0 and teacher_out is not None else apply_model(g, p, b.images)
-        for i, (g, p) in enumerate(zip(teacher_graphdefs, teacher_params))]))
+        teacher_out["logits"] if i == 0 and teacher_out is not None else apply_model(g, p, x)
+        for i, (g, p, x) in enumerate(zip(teacher_graphdefs, teacher_params, inputs))]))
     # DKD/NKD need a target class for every example: the label where usable, else the
     # teachers' (mean) prediction.
     teacher_pred = jnp.argmax(jax.nn.softmax(teacher_logits, -1).mean(0), -1)
@@ -148,10 +162,14 @@ def _apply_updates(txs: dict, state: TrainState, trainable: dict, grads: dict, n
         new_params[part_name] = optax.apply_updates(state.params[part_name], updates)
 
 
-def _student_metrics(name: str, loss, parts: dict, logits, grads: dict, b: _Batch, step, schedule) -> dict:
+def _student_metrics(name: str, loss, parts: dict, logits, grads: dict, b: _Batch, step, schedule,
+                     teacher_logits=None) -> dict:
     """{f'{name}/{metric}': scalar}: loss, grad_norm (of the student, not its heads), train_accuracy
-    (logits [B, K] vs b.hard_labels over usable labels), the loss parts, and lr with a schedule."""
+    (logits [B, K] vs b.hard_labels over usable labels), the loss parts, lr with a schedule, and with
+    teacher_logits [M, B, K] the eval step's teacher_agreement and teacher_kl on this batch."""
     metrics = {f"{name}/loss": loss}
+    if teacher_logits is not None:
+        metrics.update(_teacher_fit(name, logits, teacher_logits))
     metrics[f"{name}/grad_norm"] = optax.tree.norm(grads[name])
     metrics[f"{name}/train_accuracy"] = losses.weighted_mean(
         (jnp.argmax(logits, -1) == b.hard_labels).astype(jnp.float32), b.label_mask)
@@ -162,8 +180,20 @@ def _student_metrics(name: str, loss, parts: dict, logits, grads: dict, b: _Batc
     return metrics
 
 
-def make_eval_step(graphdefs: dict, teacher_graphdefs: tuple = ()):
-    """eval(params, batch, teacher_params) -> sums over the batch's real examples (batch['mask']):
+def _teacher_fit(name: str, logits, teacher_logits) -> dict:
+    """How close student logits [B, K] are to the teachers' [M, B, K] on the augmented train batch,
+    as make_eval_step measures it on the eval set (against the probability-averaged ensemble, every
+    example, labelled or not): top-1 agreement and KL(teacher || student) at T = 1, batch means."""
+    probs = jax.nn.softmax(teacher_logits.astype(jnp.float32), -1).mean(0)
+    logp = jnp.log(jnp.maximum(probs, 1e-30))
+    student_logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    agree = (jnp.argmax(logits, -1) == jnp.argmax(probs, -1)).astype(jnp.float32)
+    return {f"{name}/teacher_agreement": agree.mean(), f"{name}/teacher_kl": (probs * (logp - student_logp)).sum(-1).mean()}
+
+
+def make_eval_step(graphdefs: dict, teacher_graphdefs: tuple = (), teacher_views: tuple = ()):
+    """eval(params, batch, teacher_params) -> sums over the batch's real examples (batch['mask']),
+    each teacher scoring its own view of the images (teacher_views, as in make_train_step):
     {'count', f'{name}/correct', and with teachers 'teacher/correct' (of the probability-averaged
     ensemble), f'{name}/agree' (top-1 equal to the teacher's), f'{name}/kl' (sum of
     KL(teacher || student) at T=1)}."""
@@ -172,8 +202,9 @@ def make_eval_step(graphdefs: dict, teacher_graphdefs: tuple = ()):
         out = {"count": mask.sum()}
         teacher_pred = teacher_logp = None
         if teacher_graphdefs:
-            probs = jnp.stack([jax.nn.softmax(apply_model(g, p, batch["image"]), -1)
-                               for g, p in zip(teacher_graphdefs, teacher_params)]).mean(0)
+            inputs = teacher_inputs(batch["image"], teacher_views, len(teacher_graphdefs))
+            probs = jnp.stack([jax.nn.softmax(apply_model(g, p, x), -1)
+                               for g, p, x in zip(teacher_graphdefs, teacher_params, inputs)]).mean(0)
             teacher_pred = jnp.argmax(probs, -1)
             teacher_logp = jnp.log(jnp.maximum(probs, 1e-30))
             out["teacher/correct"] = ((teacher_pred == labels) * mask).sum()
