@@ -197,8 +197,8 @@ def test_train_metrics_hold_each_students_teacher_agreement_and_kl():
     probs = np.mean([jax.nn.softmax(apply_model(graphdef, p, batch["image"])) for p in teachers], 0)  # [B, K]
     for name, p in students.items():
         logits = np.asarray(apply_model(graphdef, p, batch["image"]))
-        agree = np.mean(logits.argmax(-1) == probs.argmax(-1))
-        kl = np.mean((probs * (np.log(probs) - jax.nn.log_softmax(logits))).sum(-1))
+        agree = float(np.mean(logits.argmax(-1) == probs.argmax(-1)))
+        kl = float(np.mean((probs * (np.log(probs) - np.asarray(jax.nn.log_softmax(logits)))).sum(-1)))
         assert 0 < agree < 1  # a check that can tell a wrong reduction from a right one
         assert float(metrics[f"{name}/teacher_agreement"]) == pytest.approx(agree, abs=1e-6)
         assert float(metrics[f"{name}/teacher_kl"]) == pytest.approx(kl, rel=1e-4)
