@@ -35,9 +35,11 @@ class _Batch(NamedTuple):
 
 class _Teacher(NamedTuple):
     """Frozen teacher outputs: out (the first teacher's features dict, or None when no objective needs
-    them), logits [M, B, K], target_classes [B] int (DKD/NKD's target class per example)."""
+    them), logits [M, B, K], probs [B, K] (the probability-averaged ensemble, _ensemble_probs),
+    target_classes [B] int (DKD/NKD's target class per example)."""
     out: dict | None
     logits: jax.Array
+    probs: jax.Array
     target_classes: jax.Array
 
 
@@ -82,7 +84,7 @@ def make_train_step(graphdefs: dict, txs: dict, *, num_classes: int, augment_cfg
             _apply_updates(txs, state, trainable, grads, new_params, new_opt)
             metrics.update(_student_metrics(name, loss, parts, logits, grads, b, state.step,
                                             schedules[name] if schedules else None,
-                                            None if teacher is None else teacher.logits))
+                                            None if teacher is None else teacher.probs))
         new_state = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt)
         return new_state, metrics
 
@@ -122,9 +124,23 @@ def _teacher_forward(teacher_graphdefs: tuple, teacher_params: tuple, b: _Batch,
         for i, (g, p, x) in enumerate(zip(teacher_graphdefs, teacher_params, inputs))]))
     # DKD/NKD need a target class for every example: the label where usable, else the
     # teachers' (mean) prediction.
-    teacher_pred = jnp.argmax(jax.nn.softmax(teacher_logits, -1).mean(0), -1)
-    target_classes = jnp.where(b.label_mask > 0, b.hard_labels, teacher_pred)
-    return _Teacher(teacher_out, teacher_logits, target_classes)
+    probs = _ensemble_probs(teacher_logits)
+    target_classes = jnp.where(b.label_mask > 0, b.hard_labels, jnp.argmax(probs, -1))
+    return _Teacher(teacher_out, teacher_logits, probs, target_classes)
+
+
+def _ensemble_probs(teacher_logits: jax.Array) -> jax.Array:
+    """Teacher logits [M, B, K] -> the probability-averaged ensemble [B, K] f32 at T = 1."""
+    return jax.nn.softmax(teacher_logits.astype(jnp.float32), -1).mean(0)
+
+
+def _agreement_and_kl(logits: jax.Array, teacher_probs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per example [B] f32: top-1 agreement of student logits [B, K] with teacher_probs [B, K], and
+    KL(teacher || student) at T = 1. The train metrics and the eval step measure with this."""
+    teacher_logp = jnp.log(jnp.maximum(teacher_probs, 1e-30))
+    agree = (jnp.argmax(logits, -1) == jnp.argmax(teacher_probs, -1)).astype(jnp.float32)
+    kl = (teacher_probs * (teacher_logp - jax.nn.log_softmax(logits.astype(jnp.float32)))).sum(-1)
+    return agree, kl
 
 
 def _student_loss(trainable: dict, *, name: str, obj, graphdef, head_graphdefs: dict, batch: _Batch,
@@ -163,13 +179,15 @@ def _apply_updates(txs: dict, state: TrainState, trainable: dict, grads: dict, n
 
 
 def _student_metrics(name: str, loss, parts: dict, logits, grads: dict, b: _Batch, step, schedule,
-                     teacher_logits=None) -> dict:
+                     teacher_probs=None) -> dict:
     """{f'{name}/{metric}': scalar}: loss, grad_norm (of the student, not its heads), train_accuracy
     (logits [B, K] vs b.hard_labels over usable labels), the loss parts, lr with a schedule, and with
-    teacher_logits [M, B, K] the eval step's teacher_agreement and teacher_kl on this batch."""
+    the teachers' ensemble teacher_probs [B, K] the eval step's agreement and KL as batch means
+    (every example, labelled or not): teacher_agreement, teacher_kl."""
     metrics = {f"{name}/loss": loss}
-    if teacher_logits is not None:
-        metrics.update(_teacher_fit(name, logits, teacher_logits))
+    if teacher_probs is not None:
+        agree, kl = _agreement_and_kl(logits, teacher_probs)
+        metrics.update({f"{name}/teacher_agreement": agree.mean(), f"{name}/teacher_kl": kl.mean()})
     metrics[f"{name}/grad_norm"] = optax.tree.norm(grads[name])
     metrics[f"{name}/train_accuracy"] = losses.weighted_mean(
         (jnp.argmax(logits, -1) == b.hard_labels).astype(jnp.float32), b.label_mask)
@@ -178,17 +196,6 @@ def _student_metrics(name: str, loss, parts: dict, logits, grads: dict, b: _Batc
     if schedule is not None:
         metrics[f"{name}/lr"] = schedule(step)
     return metrics
-
-
-def _teacher_fit(name: str, logits, teacher_logits) -> dict:
-    """How close student logits [B, K] are to the teachers' [M, B, K] on the augmented train batch,
-    as make_eval_step measures it on the eval set (against the probability-averaged ensemble, every
-    example, labelled or not): top-1 agreement and KL(teacher || student) at T = 1, batch means."""
-    probs = jax.nn.softmax(teacher_logits.astype(jnp.float32), -1).mean(0)
-    logp = jnp.log(jnp.maximum(probs, 1e-30))
-    student_logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-    agree = (jnp.argmax(logits, -1) == jnp.argmax(probs, -1)).astype(jnp.float32)
-    return {f"{name}/teacher_agreement": agree.mean(), f"{name}/teacher_kl": (probs * (logp - student_logp)).sum(-1).mean()}
 
 
 def make_eval_step(graphdefs: dict, teacher_graphdefs: tuple = (), teacher_views: tuple = ()):
@@ -200,21 +207,19 @@ def make_eval_step(graphdefs: dict, teacher_graphdefs: tuple = (), teacher_views
     def eval_step(params: dict, batch: dict, teacher_params=()):
         mask, labels = batch["mask"], batch["label"]
         out = {"count": mask.sum()}
-        teacher_pred = teacher_logp = None
+        probs = None
         if teacher_graphdefs:
             inputs = teacher_inputs(batch["image"], teacher_views, len(teacher_graphdefs))
-            probs = jnp.stack([jax.nn.softmax(apply_model(g, p, x), -1)
-                               for g, p, x in zip(teacher_graphdefs, teacher_params, inputs)]).mean(0)
-            teacher_pred = jnp.argmax(probs, -1)
-            teacher_logp = jnp.log(jnp.maximum(probs, 1e-30))
-            out["teacher/correct"] = ((teacher_pred == labels) * mask).sum()
+            probs = _ensemble_probs(jnp.stack([apply_model(g, p, x)
+                                               for g, p, x in zip(teacher_graphdefs, teacher_params, inputs)]))
+            out["teacher/correct"] = ((jnp.argmax(probs, -1) == labels) * mask).sum()
         for name, graphdef in graphdefs.items():
             logits = apply_model(graphdef, params[name], batch["image"])
             pred = jnp.argmax(logits, -1)
             out[f"{name}/correct"] = ((pred == labels) * mask).sum()
-            if teacher_pred is not None:
-                out[f"{name}/agree"] = ((pred == teacher_pred) * mask).sum()
-                kl = (jnp.exp(teacher_logp) * (teacher_logp - jax.nn.log_softmax(logits))).sum(-1)
+            if probs is not None:
+                agree, kl = _agreement_and_kl(logits, probs)
+                out[f"{name}/agree"] = (agree * mask).sum()
                 out[f"{name}/kl"] = (kl * mask).sum()
         return out
 
