@@ -228,3 +228,49 @@ def omitted_class_errors(logits, labels, classes, shifts=None) -> dict:
     out["error_rate"] = out["errors"] / max(len(labels), 1)
     out["accuracy"] = 1.0 - out["error_rate"]
     return out
+
+
+# ----------------------------------------------------------- paired comparisons and representations
+
+def paired_bootstrap(correct_a, correct_b, *, samples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Accuracy difference of two models scored on the same test examples, with a bootstrap interval.
+
+    correct_a, correct_b: bool [N] (model a / b right on example i). The N examples are resampled
+    with replacement `samples` times (the same draw for both models: a paired interval, narrower than
+    two separate ones). Returns {'diff': acc_a - acc_b, 'low', 'high': the central `level` interval
+    of the resampled differences, 'n': N}. It covers test-set sampling only, not seed-to-seed noise.
+    """
+    a, b = (np.asarray(x, bool).reshape(-1) for x in (correct_a, correct_b))
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"paired_bootstrap: two equal, non-empty [N] arrays needed, got {a.shape} and {b.shape}")
+    d = a.astype(np.float64) - b.astype(np.float64)
+    idx = np.random.default_rng(seed).integers(0, d.size, size=(samples, d.size))
+    boot = d[idx].mean(axis=1)
+    tail = (1.0 - level) / 2
+    return {"diff": float(d.mean()), "low": float(np.quantile(boot, tail)), "high": float(np.quantile(boot, 1 - tail)),
+            "n": int(d.size)}
+
+
+def position_similarity(features) -> np.ndarray:
+    """[B, N, N] cosine similarity between the N positions of each example's features [B, N, C]
+    (a ViT's patch tokens, or a conv feature map [B, H, W, C] flattened to N = H * W positions)."""
+    x = np.asarray(features, np.float64)
+    if x.ndim == 4:
+        x = x.reshape(x.shape[0], -1, x.shape[-1])
+    if x.ndim != 3:
+        raise ValueError(f"position_similarity: features [B, N, C] or [B, H, W, C], got shape {x.shape}")
+    x = x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-12)
+    return x @ x.transpose(0, 2, 1)
+
+
+def structure_correlation(sim_a, sim_b) -> np.ndarray:
+    """[B] Pearson correlation of two models' position-similarity matrices [B, N, N] per example,
+    over the off-diagonal entries only (the diagonal is 1 for every model: it would inflate the
+    correlation of any two models). Models of different widths compare this way (same N needed)."""
+    a, b = np.asarray(sim_a, np.float64), np.asarray(sim_b, np.float64)
+    if a.shape != b.shape or a.ndim != 3 or a.shape[1] != a.shape[2] or a.shape[1] < 3:
+        raise ValueError(f"structure_correlation: two [B, N, N] arrays with N >= 3 needed, got {a.shape} and {b.shape}")
+    off = ~np.eye(a.shape[1], dtype=bool)
+    a, b = a[:, off], b[:, off]
+    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    return (a * b).sum(1) / (np.sqrt((a * a).sum(1) * (b * b).sum(1)) + 1e-12)

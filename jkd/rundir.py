@@ -44,6 +44,26 @@ def cached_summary(workdir: str, config) -> dict | None:
         return json.load(f)
 
 
+def read_metrics(workdir: str) -> list[dict]:
+    """Every record of <workdir>/metrics.jsonl, in order ({'step', 'split', '<model>/<key>': value, ...})."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no metrics log (is {workdir} a jkd run directory?)")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def curve(workdir: str, key: str, split: str = "eval") -> tuple[list[int], list[float]]:
+    """(steps, values) of one logged metric, e.g. curve(run, 'vit/accuracy'): a learning curve.
+    A key no record of that split has is a KeyError naming the keys there are."""
+    records = [r for r in read_metrics(workdir) if r.get("split") == split]
+    points = [(r["step"], r[key]) for r in records if key in r]
+    if not points:
+        known = sorted({k for r in records for k in r} - {"step", "split"})
+        raise KeyError(f"{key!r}: no {split} record of {workdir}/metrics.jsonl has it (keys: {known})")
+    return [s for s, _ in points], [v for _, v in points]
+
+
 def write_json(workdir: str, name: str, obj, indent: int | None = 2) -> None:
     """<workdir>/<name> = json(obj), from process 0 only."""
     if is_writer():

@@ -15,6 +15,9 @@ import re
 import numpy as np
 
 _PERCENT = re.compile(r"(acc|accuracy|agreement|views_both|views_one|views_none)$")
+# What a point cost, not what it measured: left out of table.md (its header gives the seconds per point);
+# as rows they read as stray results, e.g. the theory probe's 'net/wall_time_s' and 'wall_time_s'.
+_RUN_COST = re.compile(r"(^|/)(wall_time_s|train_loop_s)$")
 
 
 def canonical(point: dict) -> str:
@@ -52,11 +55,14 @@ def _fmt(metric: str, mean: float, std: float, n: int) -> str:
 
 def table(rows: list[dict], group_over=("seed",)) -> str:
     """Markdown: one row per (point group, metric prefix), one column per measure (last path part);
-    accuracies and view fractions in %, mean ± std over the grouped-over fields."""
+    accuracies and view fractions in %, mean ± std over the grouped-over fields. Prefix-less metrics
+    (e.g. 'steps') form a row named '(run)'; run costs (wall_time_s, train_loop_s) are left out."""
     fields = list(dict.fromkeys(f for r in rows for f in r["group"]))
     prefixes, measures = [], []
     for r in rows:
         for m in r["stats"]:
+            if _RUN_COST.search(m):
+                continue
             prefix, _, measure = m.rpartition("/")
             prefixes += [prefix] if prefix not in prefixes else []
             measures += [measure] if measure not in measures else []
@@ -70,8 +76,8 @@ def table(rows: list[dict], group_over=("seed",)) -> str:
                 s = r["stats"].get(f"{prefix}/{measure}" if prefix else measure)
                 cells.append(_fmt(measure, s[0], s[1], len(s[2])) if s else "")
             if any(cells):
-                lines.append("| " + " | ".join([str(r["group"].get(f, "")) for f in fields] + [prefix or "–",
-                                                                                            str(r["n"])] + cells) + " |")
+                row = [str(r["group"].get(f, "")) for f in fields] + [prefix or "(run)", str(r["n"])] + cells
+                lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -114,8 +120,9 @@ def plot_sweep(rows: list[dict], sweeps: dict, out_dir: str, group_over=("seed",
             xs = np.array(values, dtype=float)
             if xs.min() > 0 and xs.max() / xs.min() >= 8:  # e.g. a dimension or a learning rate
                 ax.set_xscale("log", base=2 if all(float(v).is_integer() for v in values) else 10)
-                ax.set_xticks(xs, [f"{v:g}" for v in values])
                 ax.minorticks_off()
+            if len(values) <= 12:  # ticks at the swept values, not between them
+                ax.set_xticks(xs, [f"{v:g}" for v in values])
             ax.set_xlabel(field)
             ax.set_ylabel(measure + (" (%)" if scale == 100.0 else ""))
             ax.set_title(f"{measure} vs {field} (mean ± std over {', '.join(group_over)})", fontsize=10)
@@ -134,8 +141,10 @@ def report(records, swept, workdir, trainer=None, *, group_over=("seed",), metri
     rows = aggregate(records, group_over, metrics)
     text = table(rows, group_over)
     sweep_desc = " ".join(f"--sweep '{k}={','.join(str(v) for v in vals)}'" for k, vals in swept.items())
+    seconds = [r["seconds"] for r in records if "seconds" in r]
+    cost = f" ({len(records)} points, {np.mean(seconds):.0f} s per point)" if seconds else ""
     with open(os.path.join(workdir, "table.md"), "w") as f:
-        f.write(f"Sweep: {header} {sweep_desc}\n\n{text}\n")
+        f.write(f"Sweep: {header} {sweep_desc}{cost}\n\n{text}\n")
     plots = os.path.join(workdir, "plots")
     os.makedirs(plots, exist_ok=True)
     plot_sweep(rows, swept, plots, group_over)

@@ -1,15 +1,18 @@
-"""Public ViT weight layouts (timm / DINOv2, Hugging Face transformers, big_vision) -> jkd's layout.
+"""Public ViT weight layouts (timm / DINOv2, Hugging Face transformers, big_vision) <-> jkd's layout.
 
     fmt, flat, found = convert(read_weights(path))   # flat: {'blocks/0/attn/qkv/kernel': array, ...}
+    write_safetensors(to_timm(params), "vit.safetensors")   # the way back: a jkd ViT as a timm file
 
 Each converter maps a file's {name: array} to jkd's flat names with jkd's layouts (Linear kernels
 [in, out], Conv kernel [p, p, C, D]) and reports the architecture it read off the file; used by
 jkd/pretrained.py, which checks it against the requested model and writes the teacher workdir.
+to_timm is the inverse of the timm converter, for jkd ViTs without register tokens.
 """
 from __future__ import annotations
 
 import re
 
+import jax
 import numpy as np
 
 from jkd.errors import ConfigError
@@ -75,6 +78,48 @@ def _from_timm(weights: dict):
             _linear(flat, name, take(f"{name}.weight"), take(f"{name}.bias"))
     fmt = "dinov2" if "mask_token" in weights or "register_tokens" in weights else "timm"
     return fmt, flat, tokens, depth, None, left, missing
+
+
+def to_timm(params) -> dict[str, np.ndarray]:
+    """A jkd ViT's params (nested dict, as load_teacher or load_pretrained_vit return) -> timm's
+    VisionTransformer state_dict names and layouts as numpy arrays: `patch_embed.proj.weight`
+    [D, C, p, p], `cls_token` [1, 1, D], `pos_embed` [1, n_prefix + g*g, D] (over CLS (+ dist) +
+    patches: timm's default, `no_embed_class=False`), `blocks.{i}.attn.qkv.weight` [3D, D] (rows q | k
+    | v), ..., `head.weight` [K, D]; `dist_token` / `head_dist` for a DeiT-distilled ViT, `ls1.gamma`
+    for layer scale. The inverse of _from_timm: converting the result back gives the same arrays.
+    Register tokens raise ValueError: timm's register ViTs place their position rows differently
+    (no_embed_class), which this writer does not produce."""
+    flat = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(leaf, np.float32)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    if "register_tokens" in flat:
+        raise ValueError("to_timm: register tokens are not written (timm's register ViTs use no_embed_class)")
+    sd = {name: flat[name] for name in ("cls_token", "dist_token") if name in flat}
+    sd["pos_embed"] = flat["pos_embed"]
+    sd["patch_embed.proj.weight"] = flat["patch_embed/kernel"].transpose(3, 2, 0, 1)  # [p, p, C, D] -> [D, C, p, p]
+    sd["patch_embed.proj.bias"] = flat["patch_embed/bias"]
+
+    def linear(timm_name, jkd_name):  # kernel [in, out] -> torch Linear weight [out, in]
+        sd[f"{timm_name}.weight"] = flat[f"{jkd_name}/kernel"].T
+        if f"{jkd_name}/bias" in flat:
+            sd[f"{timm_name}.bias"] = flat[f"{jkd_name}/bias"]
+
+    def norm(timm_name, jkd_name):
+        sd[f"{timm_name}.weight"], sd[f"{timm_name}.bias"] = flat[f"{jkd_name}/scale"], flat[f"{jkd_name}/bias"]
+    for i in range(_depth(flat, r"blocks/(\d+)/")):
+        p, q = f"blocks.{i}.", f"blocks/{i}/"
+        norm(p + "norm1", q + "norm1")
+        linear(p + "attn.qkv", q + "attn/qkv")
+        linear(p + "attn.proj", q + "attn/proj")
+        if q + "ls1" in flat:
+            sd[p + "ls1.gamma"], sd[p + "ls2.gamma"] = flat[q + "ls1"], flat[q + "ls2"]
+        norm(p + "norm2", q + "norm2")
+        linear(p + "mlp.fc1", q + "fc1")
+        linear(p + "mlp.fc2", q + "fc2")
+    norm("norm", "norm")
+    for name in ("head", "head_dist"):
+        if f"{name}/kernel" in flat:
+            linear(name, name)
+    return sd
 
 
 def _from_hf(weights: dict):

@@ -1,6 +1,7 @@
-"""Weight files -> {name: numpy array} with the file's own names, without torch or TensorFlow.
+"""Weight files <-> {name: numpy array} with the file's own names, without torch or TensorFlow.
 
     weights = read_weights("model.safetensors")   # also .pth/.bin/.pt (torch zip), .npz, an HF model dir
+    write_safetensors(weights, "out.safetensors")  # what safetensors.torch.save_file writes, read by torch/timm
 
 The readers behind jkd/pretrained.py: safetensors headers are parsed directly, torch zip pickles
 are unpickled with a restricted unpickler that rebuilds tensors from their storages (no code runs).
@@ -74,6 +75,31 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
         out[name] = np.array(data[begin:end].view(_ST_DTYPES[t["dtype"]]).reshape(t["shape"]))
     return out
 
+
+
+def write_safetensors(tensors: dict, path: str) -> None:
+    """{name: array} -> a .safetensors file: u64 little-endian header size, a JSON header (name ->
+    dtype, shape, byte offsets; padded with spaces to a multiple of 8 bytes, as the reference writer
+    does, so every tensor starts aligned), then the tensors' little-endian bytes in header order.
+    dtypes: those _ST_DTYPES names (fp32, fp16, bf16, ints, ...)."""
+    names = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
+    header, offset, blobs = {"__metadata__": {"format": "pt"}}, 0, []
+    for name, x in tensors.items():
+        x = np.asarray(x)
+        if x.dtype.byteorder == ">":  # the format is little-endian
+            x = x.astype(x.dtype.newbyteorder("<"))
+        if x.dtype not in names:
+            raise ValueError(f"write_safetensors: {name!r} has dtype {x.dtype}, not one of {sorted(map(str, names))}")
+        blob = np.ascontiguousarray(x).tobytes()
+        header[name] = {"dtype": names[x.dtype], "shape": list(x.shape), "data_offsets": [offset, offset + len(blob)]}
+        offset += len(blob)
+        blobs.append(blob)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head)
+        for blob in blobs:
+            f.write(blob)
 
 class _Opaque:
     """Stand-in for any class a checkpoint's pickle names that is not a tensor part (optimizer

@@ -96,6 +96,7 @@ LAYERS = [
     ("probes", ["jkd.probes"]),
     ("registry", ["jkd.trainers"]),
     ("CLI", ["jkd.main", "jkd.sweep", "jkd.sweep_report", "jkd.bench", "jkd.bench_peer", "jkd.report", "jkd.pretrained",
+             "jkd.notebook",
              "jkd.export.__main__"]),
 ]
 

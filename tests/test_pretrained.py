@@ -31,6 +31,8 @@ from jkd.errors import ConfigError
 from jkd.models.vit import resize_pos_embed
 from jkd.pretrained import load_pretrained_vit, main, read_weights
 from jkd.train.state import ModelSpec, graphdef_and_shapes, model_features
+from jkd.vit_layouts import to_timm
+from jkd.weight_files import write_safetensors
 
 SIZE, PATCH, WIDTH, HEADS, CLASSES = 16, 4, 32, 2, 5  # vit_atto4: 4x4 patches, 2 blocks
 
@@ -175,23 +177,6 @@ def _big_vision_npz(p, layout):
     return {"params/" + k: v for k, v in w.items()} | {"opt/state/mu/head/bias": np.zeros(CLASSES, np.float32)}
 
 
-_ST_NAMES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(ml_dtypes.bfloat16): "BF16"}
-
-
-def _write_safetensors(sd, path):
-    """The safetensors format: u64 little-endian header size, JSON header, the tensors' bytes."""
-    header, offset, blobs = {"__metadata__": {"format": "pt"}}, 0, []
-    for name, x in sd.items():
-        blob = np.ascontiguousarray(x).tobytes()
-        header[name] = {"dtype": _ST_NAMES[x.dtype], "shape": list(x.shape),
-                        "data_offsets": [offset, offset + len(blob)]}
-        offset += len(blob)
-        blobs.append(blob)
-    head = json.dumps(header).encode()
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(head)) + head + b"".join(blobs))
-
-
 class _Global:
     """A `module name` global written into the pickle as is (torch need not be importable)."""
 
@@ -265,16 +250,16 @@ def _write_torch(sd, path, wrap=None):
 
 CASES = {  # name: (jkd kwargs, writer(params, dir) -> path, head kept)
     "timm_vit.safetensors": (
-        {}, lambda p, d: _save(_write_safetensors, _timm_sd(p), d, "model.safetensors"), True),
+        {}, lambda p, d: _save(write_safetensors, _timm_sd(p), d, "model.safetensors"), True),
     "deit_distilled.pth": (  # DeiT's released .pth wrap the state dict as {'model': sd}
         dict(distillation_token=True),
         lambda p, d: _save(_write_torch, _timm_sd(p), d, "deit.pth", wrap="model"), True),
     "deit3_no_embed_class.safetensors": (
-        dict(layer_scale_init=1e-6), lambda p, d: _save(_write_safetensors, _timm_sd(p, no_embed_class=True), d,
+        dict(layer_scale_init=1e-6), lambda p, d: _save(write_safetensors, _timm_sd(p, no_embed_class=True), d,
                                                        "deit3.safetensors"), True),
     "timm_dinov2_reg4.safetensors": (
         dict(num_register_tokens=4, layer_scale_init=1e-5),
-        lambda p, d: _save(_write_safetensors, _timm_sd(p, no_embed_class=True, head=False), d, "dinov2.safetensors"),
+        lambda p, d: _save(write_safetensors, _timm_sd(p, no_embed_class=True, head=False), d, "dinov2.safetensors"),
         False),
     "dinov2_original_reg4.pth": (
         dict(num_register_tokens=4, layer_scale_init=1e-5),
@@ -283,13 +268,13 @@ CASES = {  # name: (jkd kwargs, writer(params, dir) -> path, head kept)
     "timm_gap_noqkvbias.pth": (
         dict(pool="gap", qkv_bias=False), lambda p, d: _save(_write_torch, _timm_sd(p), d, "gap.pth"), True),
     "hf_vit.safetensors": (
-        {}, lambda p, d: _save(_write_safetensors, _hf_sd(p, "vit"), d, "model.safetensors"), True),
+        {}, lambda p, d: _save(write_safetensors, _hf_sd(p, "vit"), d, "model.safetensors"), True),
     "hf_deit_with_teacher.bin": (
         dict(distillation_token=True), lambda p, d: _save(_write_torch, _hf_sd(p, "deit"), d, "pytorch_model.bin"),
         True),
     "hf_dinov2_registers.safetensors": (
         dict(num_register_tokens=4, layer_scale_init=1e-5),
-        lambda p, d: _save(_write_safetensors, _hf_sd(p, "dinov2"), d, "model.safetensors"), False),
+        lambda p, d: _save(write_safetensors, _hf_sd(p, "dinov2"), d, "model.safetensors"), False),
     "augreg.npz": ({}, lambda p, d: _save(_write_npz, _big_vision_npz(p, "augreg"), d, "augreg.npz"), True),
     "big_vision_scanned.npz": (
         {}, lambda p, d: _save(_write_npz, _big_vision_npz(p, "big_vision"), d, "bv.npz"), True),
@@ -326,7 +311,7 @@ def test_reader_dtypes_and_views(tmp_path):
     rng = np.random.default_rng(0)
     sd = {"a": rng.normal(size=(3, 4)).astype(ml_dtypes.bfloat16), "b": rng.normal(size=(5,)).astype(np.float16),
           "c": rng.normal(size=(2, 3, 4)).astype(np.float32)}
-    _write_safetensors(sd, tmp_path / "w.safetensors")
+    write_safetensors(sd, tmp_path / "w.safetensors")
     _write_torch(sd, str(tmp_path / "w.pth"))
     for path in ("w.safetensors", "w.pth"):
         got = read_weights(str(tmp_path / path))
@@ -336,9 +321,26 @@ def test_reader_dtypes_and_views(tmp_path):
             np.testing.assert_array_equal(got[k], sd[k])
 
 
+@pytest.mark.parametrize("kwargs", [{}, dict(distillation_token=True, layer_scale_init=1e-5, qkv_bias=False)])
+def test_to_timm_round_trip(kwargs, tmp_path):
+    """jkd params -> to_timm -> write_safetensors -> import: the same arrays (exactly), in the names and
+    layouts of the test's timm writer (which the fixture tests compare with timm's real files)."""
+    spec, params = _jkd(**kwargs)
+    sd = to_timm(params)
+    want = _timm_sd(params)
+    assert list(sd) == list(want)
+    for k in want:
+        np.testing.assert_array_equal(sd[k], want[k], err_msg=k)
+    path = _save(write_safetensors, sd, str(tmp_path), "vit.safetensors")
+    got_spec, got = load_pretrained_vit(path, model_name="vit_atto4", num_classes=CLASSES, image_size=SIZE)
+    assert got_spec == spec
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, got), params)
+    with pytest.raises(ValueError, match="register tokens"):
+        to_timm(_jkd(num_register_tokens=4)[1])
+
 def test_position_embedding_resized_and_grey_input(tmp_path):
     spec, params = _jkd()
-    path = _save(_write_safetensors, _timm_sd(params), str(tmp_path), "m.safetensors")
+    path = _save(write_safetensors, _timm_sd(params), str(tmp_path), "m.safetensors")
     got_spec, got = load_pretrained_vit(path, model_name="vit_atto4", num_classes=CLASSES, image_size=24,
                                         in_channels=1)
     assert (got_spec.image_size, got_spec.in_channels) == (24, 1)
@@ -358,15 +360,15 @@ def test_position_embedding_resized_and_grey_input(tmp_path):
 def test_wrong_or_missing_keys_are_listed(edit, match, tmp_path):
     sd = _timm_sd(_jkd()[1])
     edit(sd)
-    path = _save(_write_safetensors, sd, str(tmp_path), "m.safetensors")
+    path = _save(write_safetensors, sd, str(tmp_path), "m.safetensors")
     with pytest.raises(ConfigError, match=match):
         load_pretrained_vit(path, model_name="vit_atto4", num_classes=CLASSES, image_size=SIZE)
 
 
 def test_wrong_model_and_head_mistakes(tmp_path):
     _, params = _jkd()
-    path = _save(_write_safetensors, _timm_sd(params), str(tmp_path), "m.safetensors")
-    headless = _save(_write_safetensors, _timm_sd(params, head=False), str(tmp_path), "backbone.safetensors")
+    path = _save(write_safetensors, _timm_sd(params), str(tmp_path), "m.safetensors")
+    headless = _save(write_safetensors, _timm_sd(params, head=False), str(tmp_path), "backbone.safetensors")
     def load(src=path, **kw):
         return load_pretrained_vit(src, **{"model_name": "vit_atto4", "num_classes": CLASSES, "image_size": SIZE, **kw})
 
@@ -403,7 +405,7 @@ def test_unreadable_files(tmp_path):
 
 def test_cli_writes_a_teacher_workdir(tmp_path, capsys):
     spec, params = _jkd(distillation_token=True)
-    src = _save(_write_safetensors, _timm_sd(params), str(tmp_path), "deit.safetensors")
+    src = _save(write_safetensors, _timm_sd(params), str(tmp_path), "deit.safetensors")
     workdir = str(tmp_path / "teacher")
     main(["--src", src, "--model", "vit_atto4", "--num-classes", str(CLASSES), "--image-size", str(SIZE),
           "--workdir", workdir])
@@ -465,7 +467,7 @@ def test_parity_with_timm(name, tmp_path):
                                         num_classes=CLASSES, **extra))
     sd = {k: v.numpy() for k, v in model.state_dict().items()}
     torch.save(model.state_dict(), tmp_path / "m.pth")  # the real writer, read without torch
-    _write_safetensors(sd, tmp_path / "m.safetensors")
+    write_safetensors(sd, tmp_path / "m.safetensors")
     with torch.no_grad():
         x = _nchw(torch, _IMAGES)
         want_tokens, want_logits = model.forward_features(x).numpy(), model(x).numpy()

@@ -111,6 +111,18 @@ def test_resume_skips_finished_points_and_reports(tmp_path):
         assert os.path.getsize(tmp_path / "plots" / png) > 0
 
 
+
+def test_table_leaves_run_costs_out():
+    """Run costs are not results: the theory probe's 'net/wall_time_s' and 'wall_time_s' once made
+    stray table rows named 'net' and '–'. Other prefix-less metrics form a row named '(run)'."""
+    from jkd import sweep_report
+    records = [{"point": {"data.mu": 0.1, "seed": s}, "metrics": {
+        "seed": s, "wall_time_s": 20.0 + s, "net/wall_time_s": 19.0, "net/single/single_view_acc": 0.8,
+        "steps": 100.0}} for s in (0, 1)]
+    text = sweep_report.table(sweep_report.aggregate(records))
+    assert [line.split(" | ")[1] for line in text.splitlines()[2:]] == ["net/single", "(run)"]
+    assert "wall_time" not in text
+
 def test_workdir_of_another_sweep_is_refused(tmp_path):
     sweep.run_sweep(THEORY, ["seed=0:1"], str(tmp_path), sets=["variants=net"], runner=Recorder(), progress=False)
     with pytest.raises(ConfigError, match=r"--workdir: .* holds a sweep of --config .* use another --workdir"):

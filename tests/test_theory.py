@@ -275,3 +275,13 @@ def test_tiny_probe_end_to_end(tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(th, "train_models", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
         assert th.run(c, str(tmp_path)) == summary
+
+
+def test_view_figure_scale_is_the_one_learned_is_decided_on():
+    """view_learning.png colours each view as a fraction of its model's strongest view (models whose
+    weights grew to different norms share one scale); the 'learned' dots are the cells at >= half."""
+    from jkd.probes.theory_report import relative_views, views_learned
+    corr = np.array([[[10.0, 4.0], [6.0, 1.0]], [[40.0, 30.0], [2.0, 25.0]]])  # [R = 2 models, k = 2, 2 views]
+    rel = relative_views(corr)
+    np.testing.assert_allclose(rel.max(axis=(1, 2)), 1.0)
+    np.testing.assert_array_equal(views_learned(corr, 0.5, 2.0), rel >= 0.5)  # the floor 2 is below every half-max

@@ -214,3 +214,21 @@ def verify_onnx(path: str, workdir: str | None = None, student: str | None = Non
     report = parity(ort_fn(session), jax_fn, sets, atol=atol)
     check_parity(report)
     return report
+
+
+def eval_set_logits(workdir: str, student: str | None = None, *, n: int | None = None):
+    """(logits [N, K], labels [N], pixels [N, H, W, C] in [0, 1]) of a trained model on its run's
+    eval split (the first n examples; None = all), through the same jitted eval-mode function the
+    export is checked against. Per-example predictions for paired comparisons (jkd.evaluate)."""
+    import jax
+
+    from jkd.export.student import inference_fn, load_student
+
+    loaded = load_student(workdir, student)
+    image_shape = (loaded.spec.image_size, loaded.spec.image_size, loaded.spec.in_channels)
+    real, why = real_eval_images(loaded.config, image_shape, loaded.preprocessing, n or 10**9)
+    if real is None:
+        raise ConfigError(f"--workdir: {workdir}: {why}")
+    pixels, labels, _ = real
+    fn = jax.jit(inference_fn(loaded.reference_spec, loaded.params, loaded.preprocessing))
+    return _chunked(fn, pixels, CHUNK), np.asarray(labels), pixels

@@ -50,6 +50,8 @@ TEACHERS = {"strong": "kd_from_strong", "light": "kd_from_light"}  # config.stud
 _FG_CLASSES, _CO_CLASSES, _OTHER = [0, 1, 2, 3], [4, 5], [6, 7, 8, 9]
 _FG_PAIRS = [(0, 1), (1, 0), (2, 3), (3, 2)]
 _K = synthetic.FINE_GRAINED_CLASSES
+# make_fine_grained's classes in a word each (plots): 1 and 3 carry the mark, 4 the small diamond
+CLASS_NAMES = ("ring", "ring+mark", "disc", "disc+mark", "plus", "diamond", "2 bars", "x", "triangle", "L")
 LIGHT_FOR = ("losing", "receiving")  # which side of the affected pairs the class-conditional remedy lightens
 RENAMED = {"students": "student_teachers (which teacher each KD student learns from: 'strong,light'; "
                        "config.students is a dict of student models everywhere else in jkd)"}
@@ -175,7 +177,7 @@ def train_and_measure(config, workdir: str, log=None) -> tuple[dict, tuple[str, 
     summary, results = _summarise(c, preds, test["label"], pairs, found)
     rundir.write_json(workdir, "results.json", {"summary": summary, "results": results}, indent=None)
     if rundir.is_writer():
-        _figures(results, summary, workdir, kd_students(c))
+        _figures(results, summary, workdir, kd_students(c), c.seed)
     return summary, _report(c, results, summary, kd_students(c))
 
 
@@ -299,24 +301,64 @@ def _report(c, results, summary, kd_names) -> tuple[str, str]:
     return header, "\n".join(lines)
 
 
-def _figures(results, summary, workdir, kd_names) -> None:
+def _figures(results, summary, workdir, kd_names, seed: int) -> None:
     strong, light = f"scale={results['strong']:g}", f"scale={results['scales'][-1]:g}"
     acc = {n: np.asarray(a) for n, a in results["per_class_acc"].items()}
-    deltas = {"class_conditional - uniform strongest": acc["class_conditional"] - acc[strong]}
-    if "kd_from_strong" in acc:
-        deltas["kd_from_strong - its teacher"] = evaluate.per_class_delta(acc["kd_from_strong"], acc[strong])
-    if "kd_from_light" in acc:
-        deltas["kd_from_light - its teacher"] = evaluate.per_class_delta(acc["kd_from_light"], acc[light])
-    evaluate.plot_class_deltas(deltas, os.path.join(workdir, "class_deltas.png"),
-                               title="per-class accuracy change (test)")
-    evaluate.plot_confusion(np.asarray(results["confusion"][strong]), os.path.join(workdir, "confusion_strong.png"),
-                            title=f"uniform crops, min scale {results['strong']:g}")
+    deltas = {f"class-cond. − uniform {results['strong']:g}": acc["class_conditional"] - acc[strong]}
+    for name, scale in (("kd_from_strong", results["strong"]), ("kd_from_light", results["scales"][-1])):
+        if name in acc:  # a KD student minus its teacher
+            deltas[f"KD from {scale:g} − teacher"] = evaluate.per_class_delta(acc[name], acc[f"scale={scale:g}"])
+    losing = set(results["losing_classes"])
+    names = [f"{c}{'*' if c in losing else ''}\n{n}" for c, n in enumerate(CLASS_NAMES)]
+    evaluate.plot_class_deltas(deltas, os.path.join(workdir, "class_deltas.png"), class_names=names,
+                               title="per-class test accuracy change (percentage points); * = a class that loses")
+    plot_confusion_rise(np.asarray(results["confusion"][light]), np.asarray(results["confusion"][strong]),
+                        (results["scales"][-1], results["strong"]),
+                        [(p["true"], p["predicted"]) for p in results["affected_pairs"]],
+                        os.path.join(workdir, "confusion_strong.png"))
     plot_scale_curves({m: [(s, summary[f"scale={s:g}/{m}"], 0.0) for s in results["scales"]]
                        for m in ("avg_acc", "losing_acc", "receiving_acc", "fine_grained_acc", "co_occurring_acc")
                        if f"{strong}/{m}" in summary},
                       {m: (results["strong"], summary[f"class_conditional/{m}"], 0.0)
                        for m in ("avg_acc", "losing_acc", "receiving_acc") if f"class_conditional/{m}" in summary},
-                      os.path.join(workdir, "accuracy_vs_scale.png"))
+                      os.path.join(workdir, "accuracy_vs_scale.png"),
+                      title=f"seed {seed}: {len(results['losing_classes'])} of {_K} classes lose")
+
+
+def plot_confusion_rise(conf_light: np.ndarray, conf_strong: np.ndarray, scales: tuple, pairs: list,
+                        path: str) -> None:
+    """Three heatmaps -> PNG: off-diagonal P(pred | true) (%) of the lightest- and the strongest-crop
+    model on one colour scale (confusions [K, K] as counts), and the rise strong − light (pp), the
+    affected pairs [(true, predicted)] outlined. scales = (light, strong) RRC minimum scales."""
+    import matplotlib.pyplot as plt  # the backend is the caller's (Agg when headless, inline in notebooks)
+    from matplotlib.patches import Rectangle
+
+    k = len(conf_light)
+    off = [np.where(np.eye(k, dtype=bool), np.nan, 100 * evaluate.rates(c)) for c in (conf_light, conf_strong)]
+    rise = off[1] - off[0]
+    vmax, rmax = max(np.nanmax(off[0]), np.nanmax(off[1]), 1.0), max(np.nanmax(np.abs(rise)), 1.0)
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.3))
+    panels = [(off[0], f"trained with min scale {scales[0]:g}", "magma_r", 0, vmax, "P(pred | true) (%)"),
+              (off[1], f"trained with min scale {scales[1]:g}", "magma_r", 0, vmax, "P(pred | true) (%)"),
+              (rise, "rise: right minus left; boxes = affected pairs", "RdBu_r", -rmax, rmax, "rise (pp)")]
+    for ax, (m, title, cmap, lo, hi, label) in zip(axes, panels):
+        im = ax.imshow(m, cmap=cmap, vmin=lo, vmax=hi)
+        ax.set_xticks(range(k)), ax.set_yticks(range(k))
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(im, ax=ax, label=label, fraction=0.046, pad=0.04)
+    for a, b in pairs:
+        axes[2].add_patch(Rectangle((b - 0.5, a - 0.5), 1, 1, fill=False, lw=1.2, ec="k"))
+    fig.suptitle("Off-diagonal confusions on the uncropped test set (diagonal blank; left and middle share "
+                 "one colour scale)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+_MEASURE_LABELS = {"avg_acc": "all classes", "losing_acc": "classes that lose", "receiving_acc": "classes that receive",
+                   "fine_grained_acc": "fine-grained (0-3)", "co_occurring_acc": "co-occurring (4, 5)"}
 
 
 def plot_scale_curves(curves: dict, remedy: dict, path: str, title: str = "") -> None:
@@ -324,21 +366,25 @@ def plot_scale_curves(curves: dict, remedy: dict, path: str, title: str = "") ->
     (strong scale, mean, std)} drawn as stars (the class-conditional policy at the strongest crop)."""
     import matplotlib.pyplot as plt  # the backend is the caller's (Agg when headless, inline in notebooks)
 
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = plt.subplots(figsize=(8.2, 3.8))
     colors = {}
     for m, pts in curves.items():
         x, y, e = (np.array(v, dtype=float) for v in zip(*sorted(pts)))
-        line = ax.errorbar(x, 100 * y, yerr=100 * e, marker="o", capsize=3, label=f"uniform: {m}")
+        line = ax.errorbar(x, 100 * y, yerr=100 * e, marker="o", capsize=3,
+                           label=f"uniform crops: {_MEASURE_LABELS.get(m, m)}")
         colors[m] = line[0].get_color()
     for m, (x, y, e) in remedy.items():
-        ax.errorbar([x], [100 * y], yerr=[100 * e], marker="*", ms=13, ls="none", capsize=3,
-                    color=colors.get(m), label=f"class-conditional: {m}")
+        ax.errorbar([x], [100 * y], yerr=[100 * e], marker="*", ms=13, ls="none", capsize=3, mec="k", mew=0.6,
+                    color=colors.get(m), label=f"class-conditional: {_MEASURE_LABELS.get(m, m)}")
     ax.set_xscale("log")
-    ax.set_xlabel("RRC minimum scale (log; smaller = stronger crops)")
+    scales = sorted({float(x) for pts in curves.values() for x, _, _ in pts})
+    ax.set_xticks(scales, [f"{x:g}" for x in scales])
+    ax.minorticks_off()
+    ax.set_xlabel("RRC minimum scale (log axis; smaller = stronger crops; 1 = no crop)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title("test accuracy vs crop strength" + (f" ({title})" if title else ""), fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

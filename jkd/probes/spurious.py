@@ -300,10 +300,11 @@ def _measured_run(config, workdir: str, log) -> dict:
               f"examples, teacher {config.teacher.model.name}, students {config.student.model.name} (exit "
               f"at block {config.student.exit_block}); test accuracies in %.")
     if rundir.is_writer():
-        plot_group_accuracy(summary, roles, os.path.join(workdir, "group_accuracy.png"))
-        shown = next((m for m in ("kd_laplace", "kd_margin", "kd") if m in results), None)
-        if shown:
-            plot_exit_weights(results, shown, os.path.join(workdir, "exit_weights.png"))
+        plot_group_accuracy(summary, roles, os.path.join(workdir, "group_accuracy.png"),
+                            labels=group_labels(config.data.name), title=f"seed {config.seed}")
+        panels = [(m, w) for m, w in (("kd_margin", "margin"), ("kd_laplace", "laplace")) if m in results]
+        if panels:  # the weights each reweighted student trains with
+            plot_exit_weights(results, panels, os.path.join(workdir, "exit_weights.png"))
     summary = {"seed": config.seed, **summary, "wall_time_s": time.time() - t0}
     rundir.report(workdir, header, results_table(summary, roles), progress=config.progress)
     return summary
@@ -325,39 +326,62 @@ def results_table(summary: dict, roles: list[str]) -> str:
     return "\n".join(lines)
 
 
-def plot_group_accuracy(summary: dict, roles: list[str], path: str) -> None:
-    """Bars: per-group accuracy of every model (from a spurious-probe summary) -> PNG."""
+ROLE_LABELS = {"teacher": "teacher (labels, ERM)", "ce": "ce: labels only", "kd": "kd: Hinton KD",
+               "kd_margin": "kd_margin: KD, exit-margin weights", "kd_laplace": "kd_laplace: KD, Laplace weights"}
+
+
+def group_labels(data_name: str) -> list[str]:
+    """Tick labels of the four groups (GROUP_NAMES order); the synthetic data's say shape, tint, majority."""
+    if data_name != "spurious_synthetic":
+        return [f"y={g[1]}, a={g[4]}" for g in GROUP_NAMES]
+    return [f"y={g[1]} {'+x'[int(g[1])]!r}, a={g[4]} {('red', 'blue')[int(g[4])]}\n"
+            f"{'majority' if g[1] == g[4] else 'MINORITY'}" for g in GROUP_NAMES]
+
+
+def plot_group_accuracy(summary: dict, roles: list[str], path: str, *, labels: list[str] | None = None,
+                        title: str = "") -> None:
+    """Bars -> PNG: every model's accuracy (%) on each of the four groups (tick labels `labels`, default
+    'y=., a=.'), its worst group and its average, from a spurious-probe summary; `title` ends the title."""
     import matplotlib.pyplot as plt  # the backend is the caller's (Agg when headless, inline in notebooks)
 
-    width = 0.8 / len(roles)
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    ticks = (labels or group_labels("")) + ["worst group", "average"]
+    cols, width = [f"{g}_acc" for g in GROUP_NAMES] + ["worst_group_acc", "avg_acc"], 0.8 / len(roles)
+    fig, ax = plt.subplots(figsize=(10, 3.9))
     for i, role in enumerate(roles):
-        vals = [100 * summary[f"{role}/{g}_acc"] for g in GROUP_NAMES] + [100 * summary[f"{role}/avg_acc"]]
-        ax.bar(np.arange(5) + (i - (len(roles) - 1) / 2) * width, vals, width, label=role)
-    ax.set_xticks(range(5), [f"y={g[1]}, a={g[4]}" for g in GROUP_NAMES] + ["average"])
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, ncol=len(roles), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+        vals = [100 * summary[f"{role}/{m}"] for m in cols]
+        x = np.arange(len(ticks)) + (i - (len(roles) - 1) / 2) * width
+        ax.bar(x, vals, width, label=ROLE_LABELS.get(role, role))
+        for xi, v in zip(x[4:], vals[4:]):  # the two summary columns carry their numbers
+            ax.text(xi, v + 1, f"{v:.0f}", ha="center", va="bottom", fontsize=6)
+    ax.axvline(3.5, color="0.6", lw=0.8)
+    ax.set_xticks(range(len(ticks)), ticks, fontsize=8)
+    ax.set(ylabel="test accuracy (%)", ylim=(0, 105))
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("accuracy per (label y, attribute a) group, balanced test set" + (f": {title}" if title else ""),
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_exit_weights(results: dict, method: str, path: str) -> None:
-    """Histogram of the margin and Laplace weights of one student's exit, majority vs minority examples."""
+def plot_exit_weights(results: dict, panels: list[tuple[str, str]], path: str) -> None:
+    """Histograms -> PNG, one per (student, scheme) in panels: the weights that student's early exit gives
+    the training examples at the end of training, majority vs minority groups (log counts)."""
     import matplotlib.pyplot as plt  # the backend is the caller's (Agg when headless, inline in notebooks)
 
     minority = results["_train_minority"]
-    schemes = list(results[method]["weights"])
-    fig, axes = plt.subplots(1, len(schemes), figsize=(4 * len(schemes), 3), squeeze=False)
-    axes = axes[0]
-    for ax, name in zip(axes, schemes):
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.2), squeeze=False)
+    for ax, (method, name) in zip(axes[0], panels):
         w = results[method]["weights"][name]
         bins = np.linspace(1.0, max(float(w.max()), 1.01), 30)
-        ax.hist([w[~minority], w[minority]], bins=bins, label=["majority groups", "minority groups"], log=True)
-        ax.set_title(f"{name} weights of {method}'s exit", fontsize=9)
-        ax.set_xlabel("weight")
-    axes[0].legend(fontsize=7)
+        ax.hist([w[~minority], w[minority]], bins=bins, log=True,
+                label=[f"majority groups ({(~minority).sum()})", f"minority groups ({minority.sum()})"])
+        ax.set_title(f"{method}: {name} weights (minority / majority mean "
+                     f"{w[minority].mean() / w[~minority].mean():.2f}x)", fontsize=9)
+        ax.set(xlabel="per-example weight (1 = exit right)", ylabel="training examples (log)")
+        ax.legend(fontsize=7)
+    fig.suptitle("Weights each student's early exit gives the training examples, at the end of training", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -375,7 +399,7 @@ def sweep_figures(records: list[dict], out_dir: str, group_of) -> list[str]:
         roles = list(dict.fromkeys(k.split("/")[0] for k in ms[0] if k.endswith("/y0_a1_acc")))
         mean = {k: float(np.mean([m[k] for m in ms if k in m])) for k in ms[0]}
         path = os.path.join(out_dir, f"group_accuracy_{i}.png")
-        plot_group_accuracy(mean, roles, path)
+        plot_group_accuracy(mean, roles, path, title=f"mean over {len(ms)} runs ({label})")
         paths.append(path)
         lines += [f"Paired differences over {len(ms)} runs ({label}): the students share init and batches, so "
                   "per-run differences (mean ± std, percentage points) are sharper than the table's spreads.", "",

@@ -326,5 +326,5 @@ def _measured_run(config, workdir: str, log) -> dict:
     rundir.report(workdir, header, results_table(results, config.data.mu), progress=config.progress)
     if rundir.is_writer():
         plot_accuracy(results, os.path.join(workdir, "accuracy.png"))
-        plot_views(results, os.path.join(workdir, "view_learning.png"))
+        plot_views(results, os.path.join(workdir, "view_learning.png"), config.ensemble.size)
     return summary

@@ -120,61 +120,100 @@ def results_table(results: dict, mu: float) -> str:
 
 
 def plot_accuracy(results: dict, path: str) -> None:
-    """Bars per variant: multi-view and single-view test accuracy of every method (mean ± std) -> PNG."""
+    """Bars per variant: multi-view and single-view test accuracy of every method (mean ± std over the
+    method's models, the mean printed on each bar) -> PNG."""
     import matplotlib.pyplot as plt  # the backend is the caller's (Agg when headless, inline in notebooks)
 
     variants = list(results)
-    fig, axes = plt.subplots(1, len(variants), figsize=(4.5 * len(variants), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(variants), figsize=(4.8 * len(variants), 3.9), squeeze=False,
+                             layout="constrained")
     for ax, variant in zip(axes[0], variants):
         methods = list(results[variant])
         pos = np.arange(len(methods))
         for i, (split, label) in enumerate((("multi_view", "multi-view test"), ("single_view", "single-view test"))):
             vals = [100 * np.asarray(results[variant][m]["acc"][split]) for m in methods]
-            ax.bar(pos + (i - 0.5) * 0.38, [v.mean() for v in vals], 0.38, label=label,
-                   yerr=[v.std(ddof=1) if v.size > 1 else 0 for v in vals], capsize=3)
+            means = [v.mean() for v in vals]
+            bars = ax.bar(pos + (i - 0.5) * 0.38, means, 0.38, label=label,
+                          yerr=[v.std(ddof=1) if v.size > 1 else 0 for v in vals], capsize=3)
+            if split == "single_view":  # the column the theory is about: its value on the bar
+                ax.bar_label(bars, [f"{m:.0f}" for m in means], label_type="center", fontsize=7, color="white")
         ax.set_xticks(pos, [m.replace("_", "-") for m in methods], rotation=30)
         ax.set_ylim(0, 100)
-        ax.set_title(variant)
-        ax.set_ylabel("accuracy (%)")
-    axes[0][0].legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
+        ax.set_title(f"{variant}: test accuracy (mean ± std over each method's models)", fontsize=9)
+        ax.set_ylabel("test accuracy (%)")
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def plot_view_matrices(panels: list[tuple], path: str, *, vmax=None, label="") -> None:
-    """Heatmaps, one per panel (title, matrix [k, 2][, learned bool [k, 2]]): views on the rows,
-    classes on the columns; learned cells get a white dot."""
+    """Heatmaps on one colour scale, one per panel (title, matrix [k, 2][, learned bool [k, 2]]): the
+    two views on the rows, classes on the columns; learned cells get a white dot (explained under the
+    colour bar, which sits below the panels so it never covers one)."""
     import matplotlib.pyplot as plt  # the backend is the caller's (Agg when headless, inline in notebooks)
 
     k = panels[0][1].shape[0]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(4.0, 0.45 * k + 1.5), 1.15 * len(panels) + 0.8),
-                             squeeze=False, gridspec_kw={"hspace": 0.55})
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.4, 0.5 * k + 1.5), 1.0 * len(panels) + 1.3),
+                             squeeze=False, layout="constrained")
     vmax = vmax or max(float(np.nanmax(p[1])) for p in panels)
+    dots = False
     for ax, panel in zip(axes[:, 0], panels):
         title, m = panel[:2]
         im = ax.imshow(np.asarray(m).T, vmin=0, vmax=vmax, cmap="viridis", aspect="auto")
         if len(panel) > 2:
             cls, view = np.nonzero(np.asarray(panel[2]))
-            ax.scatter(cls, view, s=12, c="white")
+            ax.scatter(cls, view, s=14, c="white", edgecolors="black", linewidths=0.5)
+            dots = True
         ax.set_yticks([0, 1], ["view 1", "view 2"])
         ax.set_xticks(range(k), [str(j) for j in range(k)])
         ax.tick_params(labelbottom=ax is axes[-1, 0])  # class numbers once, at the bottom
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=9, loc="left")
     axes[-1, 0].set_xlabel("class")
-    fig.colorbar(im, ax=axes[:, 0].tolist(), label=label, shrink=0.8)
+    fig.colorbar(im, ax=axes[:, 0].tolist(), location="bottom", aspect=40, shrink=0.9,
+                 label=label + ("\nwhite dot: view counted as learned" if dots else ""))
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
-def plot_views(results: dict, path: str) -> None:
-    """The net's view-learning matrices, one panel per method (model 0; the ensemble's union) -> PNG."""
-    panels = [(f"{m}, {'union over members' if m == 'ensemble' else 'model 0'}: both views in "
-               f"{100 * np.mean(r['view_fractions']['views_both']):.0f}% of classes (all models)",
-               r["views"][0], r["learned"][0])
-              for m, r in results.get("net", {}).items() if "views" in r]
+def relative_views(views: np.ndarray) -> np.ndarray:
+    """views [R, k, 2] -> each model's view correlations as a fraction of its largest one (the scale
+    views_learned thresholds; models trained differently, e.g. 'average' at lr x L, grow different norms)."""
+    views = np.asarray(views, dtype=float)
+    return views / np.maximum(views.max(axis=(1, 2), keepdims=True), 1e-12)
+
+
+_VIEW_PANEL = {
+    "single": "single model 0 (of {R})",
+    "ensemble": "ensemble of {L} (a view counts when a member learned it)",
+    "kd": "KD student 0 (of {R}), taught by the ensemble",
+    "self_distill": "self-distilled student 0 (of {R}), taught by single model 0",
+    "average": "average of {L} members trained jointly",
+    "wide": "wide: one model with {L}x the channels",
+}
+
+
+def plot_views(results: dict, path: str, ensemble_size: int) -> None:
+    """The net's view-learning matrices of one model per method (model 0; the ensemble as the union of
+    its members; 'average' and 'wide' as one model with all members' channels) -> PNG. The colour is
+    each view's correlation relative to that model's strongest view; titles count that model's classes
+    with both views learned (the table has the mean over all of a method's models)."""
+    panels = []
+    for m, r in results.get("net", {}).items():
+        if "views" not in r:
+            continue
+        both = int(np.asarray(r["learned"][0]).all(-1).sum())
+        name = _VIEW_PANEL[m].format(R=len(r["views"]), L=ensemble_size)
+        panels.append((f"{name}: both views in {both}/{r['views'].shape[1]} classes",
+                       relative_views(r["views"])[0], r["learned"][0]))
     if panels:
-        plot_view_matrices(panels, path, label="max_r <w_(j,r), v_(j,l)>\n(dot: learned)")
+        plot_view_matrices(panels, path, vmax=1.0,
+                           label="correlation of the class's best channel with the view,\n"
+                                 "as a fraction of the model's strongest view (no unit)")
+
+
+_METHOD_NAME = {"single": "single models", "ensemble": "ensembles (union of members)", "kd": "KD students",
+                "self_distill": "self-distilled students", "average": "averages (all members' channels)",
+                "wide": "wide models"}
 
 
 def sweep_figures(records: list[dict], out_dir: str, group_of) -> list[str]:
@@ -185,19 +224,22 @@ def sweep_figures(records: list[dict], out_dir: str, group_of) -> list[str]:
     per method. Writes <out_dir>/view_learning_<i>.png per group; returns the paths.
     """
     groups: dict = {}
+    runs: dict = {}
     for rec in records:
         path = os.path.join(rec["workdir"], "results.json")
         if not os.path.exists(path):
             continue
         with open(path) as f:
             res = json.load(f)
+        runs[group_of(rec)] = runs.get(group_of(rec), 0) + 1
         for method, r in res.get("results", {}).get("net", {}).items():
             if "learned" in r:
                 groups.setdefault(group_of(rec), {}).setdefault(method, []).extend(r["learned"])
     paths = []
     for i, (label, methods) in enumerate(groups.items()):
-        panels = [(f"{m} ({len(v)} models)", np.mean(np.asarray(v, dtype=float), axis=0)) for m, v in methods.items()]
+        panels = [(f"{label}: {_METHOD_NAME.get(m, m)}, {len(v)} from {runs[label]} runs",
+                   np.mean(np.asarray(v, dtype=float), axis=0)) for m, v in methods.items()]
         path = os.path.join(out_dir, f"view_learning_{i}.png")
-        plot_view_matrices(panels, path, vmax=1.0, label=f"fraction of models that\nlearned the view ({label})")
+        plot_view_matrices(panels, path, vmax=1.0, label="fraction of the models that learned the view")
         paths.append(path)
     return paths

@@ -151,8 +151,16 @@ def results_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_quickstart(config, workdir: str) -> dict:
-    """Run every stage (skipping finished ones) and write results.md/.json; returns the results."""
+def run_teacher(config, workdir: str) -> dict:
+    """Only the teacher stage (<workdir>/teacher, skipped when finished): its summary. For a caller
+    that needs the quickstart's teacher and nothing else (e.g. to export it as a weight file)."""
+    check_config(config)
+    return run_stage(stage_configs(config)["teacher"], os.path.join(workdir, "teacher"), desc="teacher")
+
+
+def run_quickstart(config, workdir: str, *, baselines: bool = True) -> dict:
+    """Run every stage (skipping finished ones) and write results.md/.json; returns the results.
+    baselines=False skips the label-only twins (their rows are left out of the table)."""
     check_config(config)
     stages = stage_configs(config)
     teacher_dir = os.path.join(workdir, "teacher")
@@ -163,23 +171,24 @@ def run_quickstart(config, workdir: str) -> dict:
         with stage.unlocked():
             stage.teacher.checkpoint = teacher_dir
         kd_runs[method] = run_stage(stage, os.path.join(workdir, f"kd_{method}"), desc=f"kd {method}")
-    baselines = {name: run_stage(stages[f"label_only_{name}"], os.path.join(workdir, f"label_only_{name}"),
-                                 desc=f"label-only {name}")
-                 for name in config.students}
+    twins = {name: run_stage(stages[f"label_only_{name}"], os.path.join(workdir, f"label_only_{name}"),
+                             desc=f"label-only {name}")
+             for name in config.students} if baselines else {}
 
     t = teacher["models"]["model"]
     rows = [{"model": t["model"], "role": "teacher (all labels)", "params": t["params"], "accuracy": t["accuracy"],
              "wall_time_s": teacher["wall_time_s"]}]
     for name in config.students:
-        b = baselines[name]["models"]["model"]
-        rows.append({"model": b["model"], "role": "label-only student", "params": b["params"],
-                     "accuracy": b["accuracy"], "wall_time_s": baselines[name]["wall_time_s"]})
+        if name in twins:
+            b = twins[name]["models"]["model"]
+            rows.append({"model": b["model"], "role": "label-only student", "params": b["params"],
+                         "accuracy": b["accuracy"], "wall_time_s": twins[name]["wall_time_s"], "student": name})
         for method, kd in kd_runs.items():
             if name not in kd["models"]:
                 continue
             k = kd["models"][name]
             shared = f", {len(kd['models'])} students share one teacher forward" if len(kd["models"]) > 1 else ""
-            rows.append({"model": k["model"], "role": f"KD student ({method}{shared})", "method": method,
+            rows.append({"model": k["model"], "role": f"KD student ({method}{shared})", "method": method, "student": name,
                          "params": k["params"], "accuracy": k["accuracy"], "wall_time_s": kd["wall_time_s"],
                          "teacher_agreement": k.get("teacher_agreement")})
     frac = config.data.labelled_fraction
