@@ -76,7 +76,6 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
     return out
 
 
-
 def write_safetensors(tensors: dict, path: str) -> None:
     """{name: array} -> a .safetensors file: u64 little-endian header size, a JSON header (name ->
     dtype, shape, byte offsets; padded with spaces to a multiple of 8 bytes, as the reference writer
@@ -100,6 +99,7 @@ def write_safetensors(tensors: dict, path: str) -> None:
         f.write(struct.pack("<Q", len(head)) + head)
         for blob in blobs:
             f.write(blob)
+
 
 class _Opaque:
     """Stand-in for any class a checkpoint's pickle names that is not a tensor part (optimizer
