@@ -36,3 +36,10 @@ def tiny_config():
 
 def pytest_report_header(config):
     return f"jax {jax.__version__}, devices: {jax.device_count()} x {jax.devices()[0].platform}"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The notebooks first: they are the longest file (several minutes, a chain 01 -> 03/05/06), so
+    with pytest-xdist's --dist loadfile one worker starts them at once while the other works through
+    the rest, instead of the notebooks running last and alone."""
+    items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/test_notebooks.py") else 1)
