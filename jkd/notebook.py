@@ -80,14 +80,14 @@ def check_backend(backend: str, attached: str | None) -> str | None:
             f"then restart the runtime; until then everything runs on the CPU, slowly.")
 
 
-def setup(name: str, *, prefix: str | None = None) -> tuple[bool, str]:
+def setup(name: str) -> tuple[bool, str]:
     """(FAST, a fresh workdir for this notebook); prints what runs where, warns on a CPU-only JAX."""
     import jax
 
     _NAME[:] = [name]
     fast = fast_mode()
     os.makedirs(notebook_dir(), exist_ok=True)
-    workdir = tempfile.mkdtemp(prefix=prefix or f"{name}_", dir=notebook_dir())
+    workdir = tempfile.mkdtemp(prefix=f"{name}_", dir=notebook_dir())
     message = check_backend(jax.default_backend(), accelerator_attached())
     if message:
         warnings.warn(message, stacklevel=2)
