@@ -180,11 +180,20 @@ def _claims_04(c):
 
 def _claims_05(c):
     """05: both files pass the parity check, and plain onnxruntime scores every test digit exactly as
-    the trained student's summary did (same predictions), with logits within 1e-4 of JAX's."""
+    the trained student's summary did (same predictions), with logits within 1e-4 of JAX's. The INT8
+    row: JAX and fp32 columns are the trained accuracy, the INT8 file loses at most the allowed point,
+    agrees with JAX on >= 96% of the digits and is smaller (the ConvNeXt's under half the fp32 bytes).
+    Its speed is not asserted: the text says it is measured, and INT8 was slower on x86 here."""
     for s in ("vit", "convnext"):
         assert c[f"{s}_parity_ok"] is True, c
         assert abs(c[f"{s}_onnx_accuracy"] - c[f"{s}_trained_accuracy"]) < 1e-9, c
         assert c[f"{s}_max_abs_diff"] < 1e-4, c
+        assert abs(c[f"{s}_int8_jax"] - c[f"{s}_trained_accuracy"]) < 1e-9, c
+        assert abs(c[f"{s}_int8_fp32"] - c[f"{s}_int8_jax"]) < 1e-9, c
+        assert c[f"{s}_int8_drop"] <= 1.0, c
+        assert c[f"{s}_int8_agreement"] >= 0.96, c
+        assert c[f"{s}_int8_int8_bytes"] < c[f"{s}_int8_fp32_bytes"], c
+    assert c["convnext_int8_int8_bytes"] < 0.5 * c["convnext_int8_fp32_bytes"], c
     return c
 
 

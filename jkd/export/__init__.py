@@ -11,9 +11,14 @@ Steps, each fatal when it fails (no artifact is left looking valid):
   3. static TensorRT-10 compatibility check of the graph (ops, opset, no control flow);
   4. onnxruntime vs JAX on random and real eval images (fp32: 1e-4 abs on logits);
   5. (tensorrt) build the engine, check it the same way; write the trtexec command next to it;
-  6. (benchmark) JAX jit vs onnxruntime (vs TensorRT) at batch 1 and 32, table into the workdir.
+  6. (quantize='int8') onnxruntime static quantisation of the verified file (QDQ, int8 per-channel
+     weights, activations calibrated on the run's training images), the static TensorRT check again,
+     accuracy on the whole test split vs fp32 and JAX: refused past max_accuracy_drop points
+     (jkd/export/quantize.py); <name>.int8.onnx next to <name>.onnx; a TensorRT engine is then
+     built from the INT8 file;
+  7. (benchmark) JAX jit vs onnxruntime (vs INT8, vs TensorRT) at batch 1 and 32, table into the workdir.
 Library pieces: load_student, inference_fn, to_onnx_model, check_tensorrt_compat, parity,
-verify_onnx, build_engine, benchmark (see their modules).
+verify_onnx, build_engine, benchmark, quantize_int8 (see their modules).
 """
 from __future__ import annotations
 
@@ -24,19 +29,22 @@ import time
 
 from jkd.errors import ConfigError
 from jkd.export.bench import benchmark as benchmark_latency
-from jkd.export.bench import format_table, machine
-from jkd.export.errors import ExportError, ParityError, TensorRTCompatError, TensorRTError
+from jkd.export.bench import format_int8_table, format_table, machine
+from jkd.export.errors import ExportError, ParityError, QuantizationError, TensorRTCompatError, TensorRTError
+from jkd.export.quantize import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD, check_quantize_args,
+                                 int8_data, quantize_int8, resolve_float_ops, write_int8)
 from jkd.export.onnx import (DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, check_opset, read_metadata, save_onnx,
                              set_metadata, staged_file, to_onnx_model)
 from jkd.export.student import Student, inference_fn, load_student
 from jkd.export.tensorrt import DEFAULT_MAX_BATCH, build_engine, engine_runner, import_tensorrt, trtexec_command
 from jkd.export.trt_compat import TRT_MAX_OPSET, assert_tensorrt_compat, check_tensorrt_compat
-from jkd.export.verify import (DEFAULT_ATOL, check_parity, format_parity, ort_fn, ort_session, parity,
-                               verification_inputs, verify_onnx)
+from jkd.export.verify import (DEFAULT_ATOL, DEFAULT_MAX_ACCURACY_DROP, check_int8, check_parity, format_int8,
+                               format_parity, int8_verification, ort_fn, ort_session, parity, verification_inputs,
+                               verify_onnx)
 
 __all__ = ["export", "load_student", "inference_fn", "to_onnx_model", "read_metadata", "check_tensorrt_compat",
-           "parity", "verify_onnx", "build_engine", "benchmark_latency", "ExportError", "ParityError",
-           "TensorRTCompatError", "TensorRTError"]
+           "parity", "verify_onnx", "build_engine", "benchmark_latency", "quantize_int8", "ExportError", "ParityError",
+           "TensorRTCompatError", "TensorRTError", "QuantizationError"]
 
 FP16_RTOL = 1e-2  # fp16 engines: ~11-bit mantissa over a deep net; 1% of the logit scale, plus top-1 shown
 
@@ -58,13 +66,15 @@ def _check_args(format, batch, dtype, atol, max_batch):
         raise ConfigError(f"--max-batch: must be >= 1, got {max_batch}")
 
 
-def _paths(st: Student, format: str, out: str | None) -> tuple[str, str | None]:
-    """(onnx path, engine path or None). Default: <workdir>/export/<student>.onnx / .engine."""
+def _paths(st: Student, format: str, out: str | None, int8: bool = False) -> tuple[str, str | None]:
+    """(fp32 onnx path, engine path or None). Default: <workdir>/export/<student>.onnx / .engine
+    (.int8.engine for an INT8 engine; the INT8 ONNX file is int8_path(fp32 onnx path))."""
     default_dir = os.path.join(st.workdir, "export")
     if format == "onnx":
         return out or os.path.join(default_dir, f"{st.name}.onnx"), None
-    engine = out or os.path.join(default_dir, f"{st.name}.engine")
-    return os.path.splitext(engine)[0] + ".onnx", engine
+    engine = out or os.path.join(default_dir, f"{st.name}{'.int8' if int8 else ''}.engine")
+    base = os.path.splitext(engine)[0]
+    return (base[:-len(".int8")] if base.endswith(".int8") else base) + ".onnx", engine
 
 
 def _check_writable(path: str) -> None:
@@ -125,35 +135,67 @@ def _compact(report: dict) -> dict:
 def export(workdir: str, student: str | None = None, *, format: str = "onnx", batch: int | None = None,
            opset: int = DEFAULT_OPSET, dtype: str = "fp32", out: str | None = None, atol: float = DEFAULT_ATOL,
            fold_preprocessing: bool = True, benchmark: bool = False, max_batch: int = DEFAULT_MAX_BATCH,
-           trt_max_opset: int = TRT_MAX_OPSET, n_real: int = 256, repeats: int = 20, log=print) -> dict:
-    """Export, verify (and optionally build the engine and benchmark) one student of `workdir`.
+           trt_max_opset: int = TRT_MAX_OPSET, n_real: int = 256, repeats: int = 20, quantize: str | None = None,
+           calibration_images: int = DEFAULT_CALIBRATION_IMAGES, calibration_method: str = DEFAULT_CALIBRATION_METHOD,
+           calibration_seed: int = 0, max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP, float_ops="auto",
+           log=print) -> dict:
+    """Export, verify (and optionally quantise, build the engine and benchmark) one student of `workdir`.
 
-    batch=None exports a symbolic batch dimension. Returns a dict with the artifact paths, the
-    TensorRT static check, parity reports, timings and (benchmark) latency rows; also written to
-    <artifact>.export.json. Raises ConfigError (user mistake), ParityError, TensorRTCompatError,
-    TensorRTError or ExportError; on any of them no artifact is left at the output paths.
+    batch=None exports a symbolic batch dimension. quantize='int8' also writes <name>.int8.onnx
+    (calibration_images training images drawn with calibration_seed, calibration_method, float_ops:
+    'auto' = the measured default of the architecture, 'none', or op types), refused when its test
+    accuracy is more than max_accuracy_drop points below JAX's; with format='tensorrt' the engine is
+    the INT8 one. Returns a dict with the artifact paths, the TensorRT static check, parity reports,
+    (int8) the INT8 check, timings and (benchmark) latency rows; also written to <artifact>.export.json.
+    Raises ConfigError (user mistake), ParityError, TensorRTCompatError, TensorRTError,
+    QuantizationError or ExportError; on any of them no artifact is left at the output path that
+    failed (a refused INT8 file leaves the verified fp32 file it was made from in place).
     """
     log = log or (lambda *a, **k: None)
+    check_quantize_args(quantize, calibration_images, calibration_method, max_accuracy_drop, dtype)
     _preflight(format, batch, dtype, atol, max_batch, opset, trt_max_opset)
+    if quantize and float_ops not in (None, "auto"):
+        float_ops = resolve_float_ops(float_ops, "")  # spelling checked before any work
     timings = {}
-    st, onnx_path, engine_path, jax_fn = _load(workdir, student, fold_preprocessing, format, out, timings, log)
+    st, onnx_path, engine_path, jax_fn = _load(workdir, student, fold_preprocessing, format, out, timings, log,
+                                               int8=bool(quantize))
     image_shape = (st.spec.image_size, st.spec.image_size, st.spec.in_channels)
+    # INT8 needs real images (training split to calibrate, test split to check): read them before any work
+    int8_inputs = int8_data(st, image_shape, batch, calibration_images, calibration_seed) if quantize else None
     proto, compat = _trace(st, image_shape, batch, opset, trt_max_opset, timings, log)
     result = {"student": st.name, "model": st.spec.name, "workdir": st.workdir, "step": st.step, "format": format,
               "batch": batch, "opset": opset, "dtype": dtype, "onnx_path": onnx_path, "engine_path": engine_path,
               "tensorrt_static_check": compat, "preprocessing_folded": st.preprocessing.fold}
-    session, sets = _write_and_verify_onnx(proto, _metadata(st, batch, opset, compat), st, onnx_path, image_shape,
-                                           batch, jax_fn, atol=atol, n_real=n_real, result=result,
-                                           timings=timings, log=log)
-    _write_trtexec_command(onnx_path, engine_path, image_shape, batch, max_batch, dtype == "fp16", result)
+    meta = _metadata(st, batch, opset, compat)
+    session, sets = _write_and_verify_onnx(proto, meta, st, onnx_path, image_shape, batch, jax_fn, atol=atol,
+                                           n_real=n_real, result=result, timings=timings, log=log)
+    _write_trtexec_command(onnx_path, None if quantize else engine_path, image_shape, batch, max_batch,
+                           dtype == "fp16", result)
+    int8_session = test_set = None
+    if quantize:
+        try:
+            int8_session, test_set = write_int8(
+                meta, onnx_path, session, jax_fn, int8_inputs, batch, trt_max_opset, method=calibration_method,
+                max_accuracy_drop=max_accuracy_drop, float_ops=resolve_float_ops(float_ops, st.spec.name),
+                result=result, timings=timings, log=log)
+        except ExportError as e:
+            e.fp32_kept = onnx_path  # the CLI says which file is left (verified) and which is not
+            raise
+        _write_trtexec_command(result["int8_onnx_path"], engine_path, image_shape, batch, max_batch, False, result,
+                               int8=True)
     runner = None
     if format == "tensorrt":
-        runner = _build_and_verify_engine(onnx_path, engine_path, image_shape, batch, max_batch, dtype, sets,
-                                          jax_fn, atol=atol, result=result, timings=timings, log=log)
+        verify = (_int8_check(test_set, jax_fn, max_accuracy_drop=max_accuracy_drop, log=log) if quantize else
+                  _parity_check(sets, jax_fn, batch=batch, max_batch=max_batch, atol=atol, dtype=dtype, log=log))
+        runner = _build_and_verify_engine(result["int8_onnx_path"] if quantize else onnx_path, engine_path, image_shape,
+                                          batch, max_batch, "int8" if quantize else dtype, verify, result=result,
+                                          timings=timings, log=log)
     if benchmark:
         backends = {"jax (jit)": jax_fn, "onnxruntime": ort_fn(session)}
+        if int8_session is not None:
+            backends["onnxruntime int8"] = ort_fn(int8_session)
         if runner is not None:
-            backends[f"tensorrt {dtype}"] = runner
+            backends[f"tensorrt {'int8' if quantize else dtype}"] = runner
         _benchmark(st, backends, image_shape, batch, repeats, result, log)
     result["timings"] = timings
     return _write_report(result, engine_path or onnx_path)
@@ -170,14 +212,14 @@ def _preflight(format, batch, dtype, atol, max_batch, opset, trt_max_opset) -> N
         import_tensorrt(dtype == "fp16")  # fail before any work when TensorRT is missing
 
 
-def _load(workdir, student, fold_preprocessing, format, out, timings, log):
+def _load(workdir, student, fold_preprocessing, format, out, timings, log, int8=False):
     """(Student, onnx path, engine path or None, jitted reference fn): images float32 [B, H, W, C] ->
     logits [B, K], the model as trained (fp32 compute). Output paths checked writable; timings['load_s']."""
     import jax
 
     t0 = time.perf_counter()
     st = load_student(workdir, student, fold_preprocessing=fold_preprocessing)
-    onnx_path, engine_path = _paths(st, format, out)
+    onnx_path, engine_path = _paths(st, format, out, int8)
     _check_writable(engine_path or onnx_path)
     image_shape = (st.spec.image_size, st.spec.image_size, st.spec.in_channels)
     log(f"student {st.name!r}: {st.spec.name}, {st.spec.num_classes} classes, input {list(image_shape)}, "
@@ -227,37 +269,62 @@ def _write_and_verify_onnx(proto, meta: dict, st: Student, onnx_path, image_shap
     return session, sets
 
 
-def _write_trtexec_command(onnx_path, engine_path, image_shape, batch, max_batch, fp16: bool, result) -> None:
-    """The equivalent trtexec command, written next to the artifact (<artifact>.trtexec.txt) and into result."""
+def _write_trtexec_command(onnx_path, engine_path, image_shape, batch, max_batch, fp16: bool, result,
+                           int8: bool = False) -> None:
+    """The equivalent trtexec command, written next to the artifact (<artifact>.trtexec.txt) and into
+    result (int8: the INT8 file's, under 'int8_trtexec_command')."""
     trt_cmd_path = os.path.splitext(engine_path or onnx_path)[0] + ".trtexec.txt"
     trt_cmd = trtexec_command(onnx_path, engine_path or os.path.splitext(onnx_path)[0] + ".engine",
-                              image_shape=image_shape, batch=batch, max_batch=max_batch, fp16=fp16)
+                              image_shape=image_shape, batch=batch, max_batch=max_batch, fp16=fp16, int8=int8)
+    flags = " --quantize int8" if int8 else " --dtype fp16" if fp16 else ""
+    note = "; TensorRT 11's trtexec takes the Q/DQ file without --int8" if int8 else ""
     with open(trt_cmd_path, "w") as f:
         f.write(f"# TensorRT engine from the verified ONNX file (same settings as python -m jkd.export "
-                f"--format tensorrt{' --dtype fp16' if fp16 else ''}).\n{trt_cmd}\n")
-    result["trtexec_command"], result["trtexec_command_path"] = trt_cmd, trt_cmd_path
+                f"--format tensorrt{flags}{note}).\n{trt_cmd}\n")
+    prefix = "int8_" if int8 else ""
+    result[f"{prefix}trtexec_command"], result[f"{prefix}trtexec_command_path"] = trt_cmd, trt_cmd_path
 
 
-def _build_and_verify_engine(onnx_path, engine_path, image_shape, batch, max_batch, dtype, sets, jax_fn, *, atol,
-                             result, timings, log):
-    """Build the TensorRT engine (staged), check it against jax_fn on the input sets it accepts
-    (batch <= max_batch when symbolic; fp16: rtol FP16_RTOL). Returns the engine runner (images
-    float32 [B, H, W, C] -> logits [B, K]); build info and parity into result; timings['tensorrt_build_and_verify_s']."""
-    fp16 = dtype == "fp16"
+def _build_and_verify_engine(onnx_path, engine_path, image_shape, batch, max_batch, dtype, verify, *, result,
+                             timings, log):
+    """Build the TensorRT engine (staged) in `dtype` (fp32, fp16, or int8 from a QDQ file) and check it:
+    verify(runner, backend name) -> (report, result key), raising when the check fails (fp32/fp16: parity
+    against JAX, fp16 at rtol FP16_RTOL; int8: the INT8 file's accuracy check). Returns the engine runner
+    (images float32 [B, H, W, C] -> logits [B, K]); build info and the report into result;
+    timings['tensorrt_build_and_verify_s']."""
     t0 = time.perf_counter()
     with staged_file(engine_path) as tmp:
-        result["tensorrt"] = build_engine(onnx_path, tmp, image_shape=image_shape, batch=batch,
-                                          max_batch=max_batch, fp16=fp16)
+        result["tensorrt"] = build_engine(onnx_path, tmp, image_shape=image_shape, batch=batch, max_batch=max_batch,
+                                          fp16=dtype == "fp16", int8=dtype == "int8")
         runner = engine_runner(tmp)
-        trt_sets = [s for s in sets if batch is not None or s.batch <= max_batch]
-        trt_report = parity(runner, jax_fn, trt_sets, atol=atol, rtol=FP16_RTOL if fp16 else 0.0,
-                            backend=f"TensorRT {result['tensorrt']['tensorrt_version']} {dtype}")
-        log(format_parity(trt_report))
-        check_parity(trt_report)
+        report, key = verify(runner, f"TensorRT {result['tensorrt']['tensorrt_version']} {dtype}")
     timings["tensorrt_build_and_verify_s"] = time.perf_counter() - t0
-    result["parity_tensorrt"] = trt_report
-    log(f"wrote {engine_path}; trtexec equivalent in {result['trtexec_command_path']}")
+    result[key] = report
+    log(f"wrote {engine_path}; trtexec equivalent in "
+        f"{result['int8_trtexec_command_path' if dtype == 'int8' else 'trtexec_command_path']}")
     return runner
+
+
+def _parity_check(sets, jax_fn, *, batch, max_batch, atol, dtype, log):
+    """verify() of _build_and_verify_engine for fp32/fp16 engines: parity on the input sets the engine
+    accepts (batch <= max_batch when symbolic)."""
+    def verify(runner, backend):
+        trt_sets = [s for s in sets if batch is not None or s.batch <= max_batch]
+        report = parity(runner, jax_fn, trt_sets, atol=atol, rtol=FP16_RTOL if dtype == "fp16" else 0.0, backend=backend)
+        log(format_parity(report))
+        check_parity(report)
+        return report, "parity_tensorrt"
+    return verify
+
+
+def _int8_check(test_set, jax_fn, *, max_accuracy_drop, log):
+    """verify() of _build_and_verify_engine for INT8 engines: the INT8 ONNX file's accuracy check."""
+    def verify(runner, backend):
+        report = int8_verification({backend: runner}, jax_fn, test_set, max_accuracy_drop=max_accuracy_drop)
+        log(format_int8(report))
+        check_int8(report)
+        return report, "int8_check_tensorrt"
+    return verify
 
 
 def _benchmark(st: Student, backends: dict, image_shape, batch, repeats, result, log) -> None:
@@ -268,6 +335,11 @@ def _benchmark(st: Student, backends: dict, image_shape, batch, repeats, result,
     title = (f"Latency of {st.name!r} ({st.spec.name}, input {list(image_shape)}), median of {repeats} warm "
              f"calls, host arrays in and out. Machine: {machine()}.")
     table = format_table(rows, title)
+    if "onnxruntime int8" in backends:
+        table += "\n\n" + format_int8_table(rows, {"onnxruntime": result["onnx_bytes"],
+                                                   "onnxruntime int8": result["int8_onnx_bytes"]})
+        ms = {(r["backend"], r["batch"]): r["median_ms"] for r in rows}
+        result["int8_speedup"] = {b: ms[("onnxruntime", b)] / ms[("onnxruntime int8", b)] for b in batches}
     log(table)
     bench_base = os.path.join(st.workdir, "export", f"latency_{st.name}")
     os.makedirs(os.path.dirname(bench_base), exist_ok=True)

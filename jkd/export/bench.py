@@ -81,3 +81,18 @@ def format_table(rows: list[dict], title: str = "") -> str:
         lines.append(f"| {r['backend']} | {r['batch']} | {r['median_ms']:.3f} | {r['min_ms']:.3f} | "
                      f"{r['ms_per_image']:.4f} | {r['images_per_s']:.0f} | {r[ref_key]:.2f} |")
     return "\n".join(lines)
+
+
+def format_int8_table(rows: list[dict], file_bytes: dict, fp32: str = "onnxruntime",
+                      int8: str = "onnxruntime int8") -> str:
+    """Markdown table: fp32 vs INT8 onnxruntime median ms per batch from the same interleaved run
+    (rows of `benchmark`), the INT8 speed-up (fp32 ms / INT8 ms; < 1 means INT8 is slower) and the
+    size of each file on disk (file_bytes {backend: bytes})."""
+    ms = {(r["backend"], r["batch"]): r["median_ms"] for r in rows}
+    lines = [f"| batch | {fp32} fp32 ms | {int8} ms | INT8 speed-up (x) | fp32 file MB | INT8 file MB |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for batch in sorted({b for _, b in ms}):
+        a, b = ms[(fp32, batch)], ms[(int8, batch)]
+        lines.append(f"| {batch} | {a:.3f} | {b:.3f} | {a / b:.2f} | {file_bytes[fp32] / 1e6:.3f} | "
+                     f"{file_bytes[int8] / 1e6:.3f} |")
+    return "\n".join(lines)

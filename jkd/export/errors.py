@@ -18,3 +18,7 @@ class TensorRTCompatError(ExportError):
 
 class TensorRTError(ExportError):
     """TensorRT's parser or builder failed; the message carries its errors verbatim."""
+
+
+class QuantizationError(ExportError):
+    """The INT8 model loses more accuracy than allowed vs JAX (or computes non-finite logits)."""

@@ -9,6 +9,9 @@ Precision: fp32 engines are built with TF32 switched off (TensorRT enables it by
 and newer, and its 10-bit mantissa would break the 1e-4 parity); fp16 sets BuilderFlag.FP16 on the
 fp32 graph, so TensorRT picks fp16 kernels where they are faster and keeps fp32 I/O. TensorRT 11
 removed BuilderFlag.FP16 (strong typing only), so fp16 is refused there with a message.
+INT8 (`--quantize int8`): the engine is built from the QDQ file, i.e. TensorRT's explicit quantisation
+(the Q/DQ nodes fix where int8 is used and their scales); TensorRT 10 needs BuilderFlag.INT8 set for a
+Q/DQ network, TensorRT 11 removed the flag (Q/DQ alone). TF32 stays off for the layers left in float.
 A symbolic-batch ONNX gets one optimization profile: min 1, opt min(32, max), max `max_batch`.
 
 Running an engine needs CUDA memory from Python: `cuda-python` (cuda.bindings.runtime).
@@ -71,15 +74,16 @@ def batch_profile(batch: int | None, max_batch: int = DEFAULT_MAX_BATCH) -> tupl
 
 
 def trtexec_command(onnx_path: str, engine_path: str, *, image_shape, batch: int | None,
-                    max_batch: int = DEFAULT_MAX_BATCH, fp16: bool = False) -> str:
-    """The trtexec line that builds the same engine as build_engine."""
+                    max_batch: int = DEFAULT_MAX_BATCH, fp16: bool = False, int8: bool = False) -> str:
+    """The trtexec line that builds the same engine as build_engine (TensorRT 10's trtexec: its
+    `--int8` is what BuilderFlag.INT8 is; TensorRT 11's trtexec builds a Q/DQ file without it)."""
     h, w, c = image_shape
     cmd = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
     if batch is None:
         lo, opt, hi = batch_profile(None, max_batch)
         cmd += [f"--minShapes={INPUT_NAME}:{lo}x{h}x{w}x{c}", f"--optShapes={INPUT_NAME}:{opt}x{h}x{w}x{c}",
                 f"--maxShapes={INPUT_NAME}:{hi}x{h}x{w}x{c}"]
-    cmd += ["--fp16"] if fp16 else ["--noTF32"]
+    cmd += (["--int8"] if int8 else []) + (["--fp16"] if fp16 else ["--noTF32"])
     return " ".join(shlex.quote(p) for p in cmd)
 
 
@@ -93,9 +97,11 @@ def write_trtexec_command(path: str, command: str, note: str = "") -> None:
 
 
 def build_engine(onnx_path: str, engine_path: str, *, image_shape, batch: int | None,
-                 max_batch: int = DEFAULT_MAX_BATCH, fp16: bool = False, workspace_gib: float | None = None) -> dict:
+                 max_batch: int = DEFAULT_MAX_BATCH, fp16: bool = False, int8: bool = False,
+                 workspace_gib: float | None = None) -> dict:
     """Parse `onnx_path`, build, write the serialized engine to `engine_path`. Parser and builder
-    errors are raised as TensorRTError with TensorRT's own messages verbatim."""
+    errors are raised as TensorRTError with TensorRT's own messages verbatim. int8: `onnx_path` is a
+    QDQ file (explicit quantisation; BuilderFlag.INT8 on TensorRT 10)."""
     trt = import_tensorrt(fp16)
 
     class _Logger(trt.ILogger):  # keeps TensorRT's messages so errors can be reported verbatim
@@ -116,6 +122,9 @@ def build_engine(onnx_path: str, engine_path: str, *, image_shape, batch: int | 
         errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise TensorRTError(f"TensorRT {trt.__version__}'s ONNX parser rejected {onnx_path}:\n{errors}")
     config = builder.create_builder_config()
+    legacy_precision_flags = int(trt.__version__.split(".")[0]) < 11
+    if int8 and legacy_precision_flags:
+        config.set_flag(trt.BuilderFlag.INT8)  # TensorRT 10 builds a Q/DQ network only with INT8 enabled
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
     else:
@@ -135,7 +144,11 @@ def build_engine(onnx_path: str, engine_path: str, *, image_shape, batch: int | 
         raise TensorRTError(f"TensorRT {trt.__version__}'s builder failed on {onnx_path}:\n{errors}")
     with open(engine_path, "wb") as f:
         f.write(serialized)
-    return {"tensorrt_version": trt.__version__, "precision": "fp16 (BuilderFlag.FP16)" if fp16 else "fp32 (TF32 off)",
+    precision = "fp16 (BuilderFlag.FP16)" if fp16 else "fp32 (TF32 off)"
+    if int8:
+        precision = ("int8, explicit Q/DQ" + (" (BuilderFlag.INT8)" if legacy_precision_flags else "")
+                     + "; float layers " + precision)
+    return {"tensorrt_version": trt.__version__, "precision": precision,
             "profile": {"min": lo, "opt": opt, "max": hi}, "engine_bytes": os.path.getsize(engine_path)}
 
 

@@ -15,12 +15,18 @@ Beyond the table, the check refuses what is legal for TensorRT but wrong for the
     diverged from onnxruntime. A ViT or ConvNeXt forward has no data-dependent control flow, so
     any such node means something unintended was traced;
   * random ops (RandomNormal, Bernoulli, ...): dropout or stochastic depth leaked into eval mode;
-  * non-constant `axes`/`K` inputs where the table requires an initializer or constant.
+  * non-constant `axes`/`K` inputs where the table requires an initializer or constant;
+  * QDQ (INT8) graphs, checked against the table's restrictions and TensorRT's explicit quantisation:
+    QuantizeLinear/DequantizeLinear with constant scales and zero points, zero points 0 and int8
+    (TensorRT quantises symmetrically; a missing zero point means uint8 in ONNX), quantised
+    tensors int8/fp8/int4 (an int32 bias DequantizeLinear is refused), and per-channel `axis`
+    needing opset >= 13.
 """
 from __future__ import annotations
 
 import collections
 
+import numpy as np
 import onnx
 
 from jkd.export.errors import TensorRTCompatError
@@ -58,6 +64,9 @@ CONSTANT_INPUTS = {
                         "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare")},
     "Squeeze": 1, "Unsqueeze": 1, "TopK": 1, "CumSum": 1, "OneHot": 1,
 }
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# onnx-tensorrt docs/operators.md (10.x): DequantizeLinear takes INT8, FP8, INT4; both need zero point 0.
+QDQ_QUANTIZED_DTYPES = {onnx.TensorProto.INT8, onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.INT4}
 
 IO_DTYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
              onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.BOOL, onnx.TensorProto.UINT8}
@@ -119,6 +128,9 @@ def check_tensorrt_compat(model: onnx.ModelProto, *, max_opset: int = TRT_MAX_OP
             if idx is not None and len(node.input) > idx and node.input[idx] and node.input[idx] not in constants:
                 bad["inputs TensorRT needs as build-time constants (initializer or Constant)"].append(
                     f"{label} input {idx} {node.input[idx]!r}")
+    opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 0)
+    for reason, item in _qdq_problems(model, opset):
+        bad[reason].append(item)
     for reason, items in bad.items():
         shown = ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
         problems.append(f"{reason}: {shown}")
@@ -130,6 +142,37 @@ def check_tensorrt_compat(model: onnx.ModelProto, *, max_opset: int = TRT_MAX_OP
                 problems.append(f"graph {kind} {v.name!r} has type {onnx.TensorProto.DataType.Name(dtype)}, "
                                 f"which TensorRT cannot bind")
     return problems
+
+
+def _qdq_problems(model: onnx.ModelProto, opset: int):
+    """(reason, 'Op (node) ...') for every QuantizeLinear/DequantizeLinear TensorRT's explicit
+    quantisation would reject (the first reason per node): non-constant scale/zero point, a
+    non-int8 or non-zero zero point, a missing QuantizeLinear zero point (uint8 output), a
+    DequantizeLinear of a non-int8 constant (e.g. an int32 bias)."""
+    graph = model.graph
+    values = {i.name: i for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
+            values[node.output[0]] = node.attribute[0].t
+    bad_type = "Q/DQ of a type TensorRT does not quantise to (int8, fp8, int4; e.g. an int32 bias or uint8 activations)"
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in QDQ_OPS:
+            continue
+        label = f"{node.op_type} ({node.name or 'unnamed'})"
+        scale, zero = node.input[1], (node.input[2] if len(node.input) > 2 else "")
+        data = values.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if scale not in values or (zero and zero not in values):
+            yield "Q/DQ scales and zero points TensorRT needs as build-time constants", label
+        elif zero and values[zero].data_type not in QDQ_QUANTIZED_DTYPES:
+            yield bad_type, f"{label} {onnx.TensorProto.DataType.Name(values[zero].data_type)}"
+        elif data is not None and data.data_type not in QDQ_QUANTIZED_DTYPES:
+            yield bad_type, f"{label} {onnx.TensorProto.DataType.Name(data.data_type)}"
+        elif zero and np.any(onnx.numpy_helper.to_array(values[zero]).astype(np.float32) != 0):
+            yield "non-zero Q/DQ zero points (TensorRT quantises symmetrically)", label
+        elif not zero and node.op_type == "QuantizeLinear":
+            yield "QuantizeLinear without a zero point (uint8 output in ONNX; TensorRT needs int8)", label
+        elif opset < 13 and np.prod(values[scale].dims) > 1:
+            yield "per-channel QuantizeLinear/DequantizeLinear (axis) need opset >= 13", label
 
 
 def assert_tensorrt_compat(model: onnx.ModelProto, *, max_opset: int = TRT_MAX_OPSET) -> dict:

@@ -14,13 +14,15 @@ op or a wrong layout shows up as errors of order 1e-2 and above.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
 from jkd.errors import ConfigError
-from jkd.export.errors import ExportError, ParityError
+from jkd.export.errors import ExportError, ParityError, QuantizationError
 
 DEFAULT_ATOL = 1e-4
+DEFAULT_MAX_ACCURACY_DROP = 1.0  # INT8 files: points of test accuracy they may lose vs the JAX model
 CHUNK = 32  # the batch the real images are fed in (also the benchmark's large batch)
 
 
@@ -38,8 +40,11 @@ def random_inputs(image_shape, preprocessing, n: int, seed: int) -> np.ndarray:
     return pixels if preprocessing is None or preprocessing.fold else preprocessing.normalise(pixels).astype(np.float32)
 
 
-def real_eval_images(config: dict, image_shape, preprocessing, n: int):
-    """(images [n', H, W, C] in the graph's input space, labels [n'], description) or None + reason."""
+def real_eval_images(config: dict, image_shape, preprocessing, n: int, split: str = "eval"):
+    """(images [n', H, W, C] in the graph's input space, labels [n'], description) or None + reason.
+
+    split 'eval': the run's eval split (digits: test), the parity check's and the INT8 check's
+    images; 'train': its training split (digits: train), un-augmented, for INT8 calibration."""
     data = config.get("data", {})
     name = data.get("name", "digits")
     size, _, channels = image_shape
@@ -48,14 +53,19 @@ def real_eval_images(config: dict, image_shape, preprocessing, n: int):
     try:
         if name == "digits":
             from jkd.data.digits import load_digits_split
-            images, labels = load_digits_split("test", **{**norm, "mean": np.asarray(norm["mean"], np.float32),
-                                                          "std": np.asarray(norm["std"], np.float32)})
-            desc = f"digits test split (first {min(n, len(labels))} of {len(labels)})"
+            which = "train" if split == "train" else "test"
+            images, labels = load_digits_split(which, **{**norm, "mean": np.asarray(norm["mean"], np.float32),
+                                                         "std": np.asarray(norm["std"], np.float32)})
+            desc = f"digits {which} split (first {min(n, len(labels))} of {len(labels)})"
         else:
             import ml_collections
 
             from jkd.data import make_data
-            cfg = ml_collections.ConfigDict({**data, "labelled_fraction": 1.0, "labelled_only": False})
+            # make_data's eval stream is in order and un-augmented: pointing it at the train split
+            # gives the training images as the model saw them before augmentation.
+            which = data.get("train_split", "train") if split == "train" else data.get("eval_split", "test")
+            cfg = ml_collections.ConfigDict({**data, "labelled_fraction": 1.0, "labelled_only": False,
+                                             "eval_split": which})
             d = make_data(cfg, seed=0, global_batch_size=CHUNK, eval_batch_size=CHUNK, process_index=0, process_count=1)
             images, labels = [], []
             for batch in d.eval_batches():
@@ -65,9 +75,9 @@ def real_eval_images(config: dict, image_shape, preprocessing, n: int):
                 if sum(len(x) for x in labels) >= n:
                     break
             images, labels = np.concatenate(images), np.concatenate(labels)
-            desc = f"{name} {data.get('eval_split', 'test')} split (first {min(n, len(labels))})"
+            desc = f"{name} {which} split (first {min(n, len(labels))})"
     except Exception as e:  # best effort: TFDS raises many types for unprepared/missing data; say why, go on
-        return None, f"real eval images unavailable ({type(e).__name__}: {str(e).splitlines()[0]}); random inputs only"
+        return None, f"real {split} images unavailable ({type(e).__name__}: {str(e).splitlines()[0]})"
     images, labels = images[:n].astype(np.float32), labels[:n]
     if preprocessing is not None and preprocessing.fold:
         images = preprocessing.to_pixels(images).astype(np.float32)
@@ -92,7 +102,7 @@ def verification_inputs(image_shape, preprocessing, config: dict | None, *, batc
     if config is not None and n_real > 0:
         real, why = real_eval_images(config, image_shape, preprocessing, n_real)
         if real is None:
-            notes.append(why)
+            notes.append(f"{why}; random inputs only")
         else:
             images, labels, desc = real
             sets.append(InputSet(desc, images, labels, batch or CHUNK))
@@ -150,6 +160,7 @@ def parity(run_exported, run_jax, input_sets, *, atol: float = DEFAULT_ATOL, rto
         err = float(np.abs(got - ref).max()) if finite else float("inf")
         scale = float(np.abs(ref).max())
         row = {"inputs": s.label, "n": len(s.images), "batch": s.batch, "max_abs_err": err,
+               "mean_abs_err": float(np.abs(got - ref).mean()) if finite else float("inf"),
                "max_rel_err": err / max(scale, 1e-12),
                "top1_agree": int((got.argmax(-1) == ref.argmax(-1)).sum()), "ok": finite and err <= atol + rtol * scale}
         if s.labels is not None:
@@ -180,11 +191,71 @@ def check_parity(report: dict) -> None:
         raise ParityError("exported graph and JAX disagree beyond tolerance:\n" + format_parity(report))
 
 
+def int8_verification(backends: dict, jax_fn, test_set, *, max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+                      check: str | None = None) -> dict:
+    """Accuracy of JAX and of each backend {label: images -> logits} on test_set (an InputSet with
+    labels), top-1 agreement and max |logit error| vs JAX. `check` (default: the last backend) is the
+    one held to max_accuracy_drop points below JAX; ok also needs finite logits."""
+    rows = []
+    for label, fn in backends.items():
+        row = parity(fn, jax_fn, [test_set], atol=math.inf, backend=label)["rows"][0]
+        rows.append({"model": label, "n": row["n"], "accuracy": row.get("accuracy_exported"),
+                     "accuracy_jax": row.get("accuracy_jax"), "top1_agree": row.get("top1_agree"),
+                     "max_abs_err": row.get("max_abs_err"), "mean_abs_err": row.get("mean_abs_err"),
+                     "finite": row["ok"], "error": row.get("error")})
+    checked = next(r for r in rows if r["model"] == (check or rows[-1]["model"]))
+    acc_jax = rows[0]["accuracy_jax"]
+    # rounded: 100 * (1.0 - 0.98) is 2.0000000000000018, which must not fail a 2-point allowance
+    drop = None if checked["accuracy"] is None else round(100 * (acc_jax - checked["accuracy"]), 9)
+    ok = checked["finite"] and drop is not None and drop <= max_accuracy_drop
+    return {"inputs": test_set.label, "n": len(test_set.images), "accuracy_jax": acc_jax, "rows": rows,
+            "checked": checked["model"], "drop_points": drop, "max_accuracy_drop": max_accuracy_drop, "ok": ok}
+
+
+def format_int8(report: dict) -> str:
+    lines = [f"INT8 check on {report['inputs']} (all {report['n']} images), accuracy vs the JAX model as trained:",
+             f"  {'model':<28} {'accuracy':>9} {'vs JAX (points)':>16} {'top-1 agree with JAX':>21} "
+             f"{'max |logit err|':>16} {'mean |logit err|':>17}",
+             f"  {'JAX (fp32, as trained)':<28} {100 * report['accuracy_jax']:>8.2f}% {'-':>16} {'-':>21} {'-':>16} "
+             f"{'-':>17}"]
+    for r in report["rows"]:
+        if r["error"]:
+            lines.append(f"  {r['model']:<28} FAILED: {r['error']}")
+            continue
+        agree = f"{r['top1_agree']}/{r['n']}"
+        change = 100 * (r["accuracy"] - r["accuracy_jax"])
+        lines.append(f"  {r['model']:<28} {100 * r['accuracy']:>8.2f}% {change:>+16.2f} "
+                     f"{agree:>21} {r['max_abs_err']:>16.3g} {r['mean_abs_err']:>17.3g}"
+                     + ("" if r["finite"] else "   <-- non-finite logits"))
+    verdict = "ok" if report["ok"] else "REFUSED"
+    d = report["drop_points"]
+    drop = "n/a" if d is None else f"{d:.2f} points" + (" (it scored higher)" if d < 0 else "")
+    lines.append(f"  {report['checked']}: accuracy drop vs JAX {drop}, allowed {report['max_accuracy_drop']:g} "
+                 f"(--max-accuracy-drop): {verdict}")
+    return "\n".join(lines)
+
+
+def check_int8(report: dict) -> None:
+    if not report["ok"]:
+        raise QuantizationError("the INT8 model loses more accuracy than allowed:\n"
+                                + format_int8(report))
+
+
+def summary(report: dict) -> dict:
+    """The INT8 check's numbers, for the file's metadata (jkd.int8_check) and the report."""
+    keys = ("inputs", "n", "accuracy_jax", "checked", "drop_points", "max_accuracy_drop", "ok")
+    return {**{k: report[k] for k in keys},
+            "rows": [{k: r[k] for k in ("model", "accuracy", "top1_agree", "max_abs_err", "mean_abs_err")}
+                     for r in report["rows"]]}
+
+
 def verify_onnx(path: str, workdir: str | None = None, student: str | None = None, *,
                 atol: float = DEFAULT_ATOL, n_real: int = 256) -> dict:
     """Check an existing .onnx file against a workdir's checkpoint (default: the workdir, student
     and step recorded in its metadata). Raises ExportError if unloadable or made from another
-    model, ParityError if the numbers disagree; returns the parity report."""
+    model, ParityError if the numbers disagree; returns the parity report. An INT8 file (metadata
+    jkd.quantization) is held to its recorded accuracy allowance on the whole test split instead
+    (QuantizationError; returns the INT8 check's report)."""
     from jkd.export.onnx import read_metadata
     from jkd.export.student import inference_fn, load_student
 
@@ -210,6 +281,17 @@ def verify_onnx(path: str, workdir: str | None = None, student: str | None = Non
                           f"[B, {', '.join(map(str, image_shape))}]")
     import jax
     jax_fn = jax.jit(inference_fn(loaded.reference_spec, loaded.params, loaded.preprocessing))
+    if "jkd.quantization" in meta:  # an INT8 file: held to its accuracy allowance, not to a logit tolerance
+        real, why = real_eval_images(loaded.config, image_shape, loaded.preprocessing, 10**9)
+        if real is None:
+            raise ConfigError(f"--workdir: checking the INT8 file {path} needs the run's test images: {why}")
+        images, labels, desc = real
+        allowed = (meta.get("jkd.int8_check") or {}).get("max_accuracy_drop", DEFAULT_MAX_ACCURACY_DROP)
+        report = int8_verification({"ONNX INT8 (onnxruntime)": ort_fn(session)}, jax_fn,
+                                   InputSet(desc.split(" (first")[0], images, labels, batch or CHUNK),
+                                   max_accuracy_drop=allowed)
+        check_int8(report)
+        return report
     sets, _ = verification_inputs(image_shape, loaded.preprocessing, loaded.config, batch=batch, n_real=n_real)
     report = parity(ort_fn(session), jax_fn, sets, atol=atol)
     check_parity(report)
