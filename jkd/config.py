@@ -81,6 +81,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher.attention_pad_to = -1  # ViT teachers: -1 = as trained, k >= 0 pads tokens to a multiple of k
     c.teacher.ensemble = "mean_probs"  # several teachers: 'mean_probs' (target = mean of their
                                        # probabilities at T) or 'mean_loss' (mean of per-teacher losses)
+    c.teacher_cache = ml_collections.ConfigDict()  # FKD-style teacher-output cache (jkd/train/teacher_cache.py)
+    c.teacher_cache.dir = ""        # '' = live teacher; else distil from the cache in this directory
+    c.teacher_cache.build = False   # True: write the cache's missing shards (resumable) and stop, no student trains
+    c.teacher_cache.top_k = 5       # log-probs kept per view; 0 = all classes. 5 = FKD's default (marginal_smoothing_k5)
+    c.teacher_cache.dtype = "float16"  # stored log-prob values: float16 | bfloat16 | float32. FKD's --use_fp16 (its
+                                       # default is fp32); half the value bytes, accuracy within seed noise (RESULTS.md)
+    c.teacher_cache.draws = 0       # augmentation draws (epochs) stored; 0 = as many as config.steps needs (none reused)
+    c.teacher_cache.seed = placeholder(int)  # the draws' seed; None = config.seed
     c.generations = 1               # distillation generations: gen 1 learns from the teacher, gen k+1 from gen k
                                     # (> 1 = self-distillation; the ensemble probe: 0 = no self-distillation arm)
 

@@ -211,3 +211,17 @@ def feature_cosine(pred: jax.Array, target: jax.Array) -> jax.Array:
     pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
     cos = (pred * target).sum(-1) / (jnp.linalg.norm(pred, axis=-1) * jnp.linalg.norm(target, axis=-1) + 1e-8)
     return (1.0 - cos).mean()
+
+
+def complete_top_k(logp: jax.Array, classes: jax.Array, num_classes: int) -> jax.Array:
+    """Top-k log-probabilities logp [B, M, k] of classes [B, M, k] -> [M, B, K] log-probabilities: the k
+    kept, the rest of the mass (1 - their sum) spread evenly over the other K - k classes (FKD)."""
+    b, m, k = logp.shape
+    logp = logp.astype(jnp.float32)
+    if k < num_classes:
+        rest = jnp.maximum(1.0 - jnp.exp(logp).sum(-1, keepdims=True), 1e-12) / (num_classes - k)
+        full = jnp.broadcast_to(jnp.log(rest), (b, m, num_classes))
+    else:
+        full = jnp.zeros((b, m, num_classes), jnp.float32)
+    full = full.at[jnp.arange(b)[:, None, None], jnp.arange(m)[None, :, None], classes].set(logp)
+    return full.transpose(1, 0, 2)

@@ -45,6 +45,9 @@ NUMERIC_RANGES = {
     "augment.crop_scale": "each (0, 1] or None",  # (min, max), min <= max: config.check_run
     "augment.mixup_alpha": ">= 0 or None",
     "teacher.attention_pad_to": "int >= -1",  # -1 = as trained
+    "teacher_cache.top_k": "int >= 0",  # 0 = all classes
+    "teacher_cache.draws": "int >= 0",  # 0 = as many as config.steps needs
+    "teacher_cache.seed": "int >= 0 or None",  # None = config.seed
     "kd.temperature": "> 0 or None",        # None (kd.*, feature_kd.*): the method's published value
     "kd.weight": ">= 0 or None",
     "kd.ce_weight": ">= 0 or None",

@@ -4,13 +4,15 @@
     python -m jkd.report --methods /tmp/m_s0 /tmp/m_s1 /tmp/m_s2
     python -m jkd.report --methods-vs /tmp/old_s0,/tmp/old_s1 /tmp/m_s0,/tmp/m_s1   # new - old, paired by seed
     python -m jkd.report --omitted /tmp/om_s0 /tmp/om_s1 /tmp/om_s2                  # configs/hinton_omitted.py
+    python -m jkd.report --cache /tmp/jkd_cache_s0 /tmp/jkd_cache_s1 /tmp/jkd_cache_s2  # configs/teacher_cache.py
 
 Each argument is a quickstart workdir (one seed). The default table matches the rows of results.json
 by (model, role) across workdirs. --methods writes one row per (student, KD method) from the stages'
 summaries (kd_<method>/summary.json, label_only_<student>/summary.json): accuracy, the paired
 difference to the same seed's label-only twin, teacher agreement and KL. --methods-vs compares two
 such sets run with the same seeds in the same order (e.g. two commits). --omitted aggregates the
-omitted-class probe's omitted.json files.
+omitted-class probe's omitted.json files. --cache aggregates the teacher-cache recipe's results.json
+(accuracy per k and live, paired differences to live, train-loop time per epoch and its ratio to live).
 """
 from __future__ import annotations
 
@@ -153,15 +155,42 @@ def omitted_table(workdirs: list[str]) -> str:
     return "\n".join(lines)
 
 
-USAGE = ("usage: python -m jkd.report [--methods | --omitted] WORKDIR [WORKDIR ...]\n"
+def cache_table(workdirs: list[str]) -> str:
+    """Markdown: per run of the teacher-cache recipe (live, then each k), each student's accuracy and its
+    paired difference to the same seed's live run, train-loop seconds per epoch and live / cached time:
+    mean ± std over the workdirs (one seed each)."""
+    runs = []
+    for w in workdirs:
+        with open(os.path.join(w, "results.json")) as f:
+            runs.append(json.load(f))
+    students = list(runs[0]["rows"][0]["accuracy"])
+    lines = [f"{len(runs)} seeds ({', '.join(str(r['seed']) for r in runs)}), mean ± std; teacher "
+             f"{_mean_std([100 * r['teacher_accuracy'] for r in runs])}%.", "",
+             "| run | k | " + " | ".join(f"{s} accuracy % | {s} − live" for s in students)
+             + " | train loop s / epoch | live / this |",
+             "|---|---|" + "---:|---:|" * len(students) + "---:|---:|"]
+    for i, row in enumerate(runs[0]["rows"]):
+        rows, live = [r["rows"][i] for r in runs], [r["rows"][0] for r in runs]
+        cells = []
+        for s in students:
+            cells.append(_mean_std([100 * x["accuracy"][s] for x in rows]))
+            cells.append("–" if i == 0 else _mean_std([100 * (x["accuracy"][s] - y["accuracy"][s])
+                                                         for x, y in zip(rows, live)]))
+        ratio = _mean_std([y["epoch_s"] / x["epoch_s"] for x, y in zip(rows, live)])
+        lines.append(f"| {row['run']} | {row['k']} | " + " | ".join(cells)
+                     + f" | {_mean_std([x['epoch_s'] for x in rows])} | {ratio} |")
+    return "\n".join(lines)
+
+
+USAGE = ("usage: python -m jkd.report [--methods | --omitted | --cache] WORKDIR [WORKDIR ...]\n"
          "       python -m jkd.report --methods-vs OLD1,OLD2,... NEW1,NEW2,...")
 
 
 def parse_args(argv: list[str]) -> tuple[str, list[str]]:
     """(table, workdirs) from the command line (no program name), reading nothing: table is
-    'quickstart', 'methods', 'omitted' or 'methods-vs' (workdirs: the OLD and NEW lists as given).
+    'quickstart', 'methods', 'omitted', 'cache' or 'methods-vs' (workdirs: the OLD and NEW lists as given).
     Anything else exits with the usage."""
-    table = argv[0][2:] if argv and argv[0] in ("--methods", "--omitted", "--methods-vs") else "quickstart"
+    table = argv[0][2:] if argv and argv[0] in ("--methods", "--omitted", "--methods-vs", "--cache") else "quickstart"
     workdirs = argv[1:] if table != "quickstart" else argv
     if not workdirs or any(w.startswith("-") for w in workdirs) or (table == "methods-vs" and len(workdirs) != 2):
         sys.exit(USAGE)
@@ -173,7 +202,8 @@ def main(argv: list[str]) -> None:
     if table == "methods-vs":
         print(compare_methods(workdirs[0].split(","), workdirs[1].split(",")))
         return
-    print({"quickstart": aggregate, "methods": methods_table, "omitted": omitted_table}[table](workdirs))
+    print({"quickstart": aggregate, "methods": methods_table, "omitted": omitted_table,
+           "cache": cache_table}[table](workdirs))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ REGISTRY = {t.name: t for t in (
                   "self-distillation"),
     Trainer("quickstart", "jkd.train.quickstart:check_config", "jkd.train.quickstart:run_quickstart",
             about="teacher -> one KD stage per config.kd_methods preset -> label-only twins -> table"),
+    Trainer("teacher_cache", "jkd.train.cache_pipeline:check_config", "jkd.train.cache_pipeline:run",
+            about="the quickstart's teacher -> live KD and KD from teacher caches of each top-k (FKD) -> table"),
     Trainer("omitted", "jkd.train.quickstart:check_config", "jkd.probes.omitted:run_omitted",
             about="the quickstart with classes left out of the transfer set (Hinton et al. 2015, section 3)"),
     Trainer("ensemble", "jkd.probes.ensemble:check_config", "jkd.probes.ensemble:run_ensemble",

@@ -67,3 +67,17 @@ def test_omitted_table_means_over_seeds(tmp_path):
     assert "Excluded [3]: 40 test images of them, 400 of the other classes; 2 seeds" in table
     assert ("| mlp_8x2 | kd_hinton.mlp | 32.00 ± 2.83 | 4.00 ± 0.00 | 2.00 ± 0.00 | 6.00 ± 0.00 | 8.00 ± 0.00 | "
             "7.00 ± 0.00 | 2.00 ± 0.00 | 3.00 ± 0.00 |") in table
+
+
+def test_cache_table_pairs_each_seed_with_its_live_run(tmp_path):
+    from jkd.report import cache_table
+    for seed, (live, cached) in enumerate([(0.90, 0.88), (0.94, 0.90)]):
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        rows = [{"run": "live", "k": "-", "accuracy": {"vit": live}, "epoch_s": 4.0},
+                {"run": "cached", "k": 5, "accuracy": {"vit": cached}, "epoch_s": 2.0 + seed}]
+        (d / "results.json").write_text(json.dumps({"seed": seed, "teacher_accuracy": 0.97, "rows": rows}))
+    table = cache_table([str(tmp_path / "s0"), str(tmp_path / "s1")])
+    assert "| live | - | 92.00 ± 2.83 | – | 4.00 ± 0.00 | 1.00 ± 0.00 |" in table
+    # differences paired by seed (-2, -4), live / cached time per seed (2.0, 1.33)
+    assert "| cached | 5 | 89.00 ± 1.41 | -3.00 ± 1.41 | 2.50 ± 0.71 | 1.67 ± 0.47 |" in table

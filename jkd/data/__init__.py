@@ -33,6 +33,9 @@ class Data:
     num_eval: int
     excluded_classes: tuple[int, ...] = ()  # removed from the train stream (data.exclude_classes)
     class_names: tuple[str, ...] = ()  # [num_classes], label i's name (run.json, ONNX metadata); () = unknown
+    # train_examples(indices [n]) -> {'image' [n, H, W, C], 'label' [n], 'label_mask' [n]}: training
+    # examples by position in 0..num_train-1, unaugmented (the teacher cache reads its examples so)
+    train_examples: Callable[[np.ndarray], dict] | None = None
 
 
 def _array_batches(images, labels, label_mask, *, global_batch_size, seed, process_index, process_count):
@@ -119,7 +122,8 @@ def make_data(data_cfg, *, seed: int, global_batch_size: int, eval_batch_size: i
                                      process_count=pc),
             num_classes=DIGITS_NUM_CLASSES, image_shape=(size, size, channels), num_train=len(y_tr),
             num_labelled=int(mask.sum()), num_eval=len(y_te), excluded_classes=exclude,
-            class_names=tuple(str(k) for k in range(DIGITS_NUM_CLASSES)))
+            class_names=tuple(str(k) for k in range(DIGITS_NUM_CLASSES)),
+            train_examples=lambda idx: {"image": x_tr[idx], "label": y_tr[idx], "label_mask": mask[idx]})
 
     if fraction < 1.0 or data_cfg.get("labelled_only", False):
         raise ConfigError("config.data.labelled_fraction/labelled_only: a labelled subset is implemented for "
@@ -136,7 +140,8 @@ def make_data(data_cfg, *, seed: int, global_batch_size: int, eval_batch_size: i
         num_train = int((~np.isin(folder.train.labels, exclude)).sum())
         return _grain_data(train, evals, num_classes=len(folder.class_names), image_shape=(size, size, channels),
                            num_train=num_train, num_eval=len(folder.eval.paths), excluded=exclude,
-                           class_names=folder.class_names)
+                           class_names=folder.class_names,
+                           train_examples=image_folder.train_example_reader(folder, data_cfg, exclude))
 
     from jkd.data import tfds as tfds_data
 
@@ -156,12 +161,16 @@ def make_data(data_cfg, *, seed: int, global_batch_size: int, eval_batch_size: i
                                         seed=seed, shuffle=False, drop_remainder=False, **common)
     num_train = (len(tfds_data.kept_indices(data_cfg.name, data_cfg.train_split, exclude, common["data_dir"]))
                  if exclude else info["splits"][data_cfg.train_split])
+    reader = tfds_data.train_example_reader(data_cfg.name, data_cfg.train_split, image_size=size, channels=channels,
+                                            mean=data_cfg.mean, std=data_cfg.std, data_dir=common["data_dir"],
+                                            exclude_classes=exclude)
     return _grain_data(train, evals, num_classes=info["num_classes"], image_shape=(size, size, channels),
                        num_train=num_train, num_eval=info["splits"][data_cfg.eval_split], excluded=exclude,
-                       class_names=tfds_data.class_names(data_cfg.name, data_dir))
+                       class_names=tfds_data.class_names(data_cfg.name, data_dir), train_examples=reader)
 
 
-def _grain_data(train, evals, *, num_classes, image_shape, num_train, num_eval, excluded, class_names) -> Data:
+def _grain_data(train, evals, *, num_classes, image_shape, num_train, num_eval, excluded, class_names,
+                train_examples=None) -> Data:
     """Data over grain pipelines (jkd/data/pipeline.py): every train example labelled, eval 'mask' as
     its label_mask."""
     from jkd.data.pipeline import iterate
@@ -179,4 +188,4 @@ def _grain_data(train, evals, *, num_classes, image_shape, num_train, num_eval, 
 
     return Data(train_batch=train_batch, eval_batches=eval_batches, num_classes=num_classes, image_shape=image_shape,
                 num_train=num_train, num_labelled=num_train, num_eval=num_eval, excluded_classes=excluded,
-                class_names=tuple(class_names))
+                class_names=tuple(class_names), train_examples=train_examples)

@@ -284,6 +284,15 @@ def _without(part: Part, exclude_classes) -> Part:
                 channels=part.channels[keep])
 
 
+def train_example_reader(folder: Folder, data_cfg, exclude_classes=()):
+    """read(indices) -> training examples by position (pipeline.example_reader), the same positions as the
+    train stream's (exclude_classes left out)."""
+    size, channels = int(data_cfg.image_size), int(data_cfg.channels)
+    mean, std = pipeline.check_preprocessing(size, channels, data_cfg.mean, data_cfg.std, "config.data")
+    return pipeline.example_reader(_Files(_without(folder.train, exclude_classes), size), image_size=size,
+                                   channels=channels, mean=mean, std=std)
+
+
 def make_folder_batches(folder: Folder, data_cfg, *, global_batch_size: int, eval_batch_size: int, seed: int,
                         process_index: int, process_count: int, exclude_classes=()):
     """(train, eval) grain MapDatasets of this process's batches (layout: pipeline.make_batches);

@@ -151,6 +151,18 @@ def make_batches(source, *, split: str, split_field: str, global_batch_size: int
                         split=split, drop_remainder=drop_remainder, image_shape=(image_size, image_size, channels))
 
 
+def example_reader(source, *, image_size: int, channels: int, mean: np.ndarray, std: np.ndarray):
+    """read(indices [n] int) -> {'image': float32 [n, image_size, image_size, channels], 'label': int32 [n],
+    'label_mask': float32 [n] (ones)}: examples of `source` by position, preprocessed as in make_batches
+    (the teacher cache rebuilds each cached view from its example, jkd/train/teacher_cache.py)."""
+    def read(indices) -> dict:
+        exs = [source[int(i)] for i in np.asarray(indices).reshape(-1)]
+        return {"image": np.stack([preprocess(ex["image"], image_size, channels, mean, std) for ex in exs]),
+                "label": np.array([ex["label"] for ex in exs], np.int32),
+                "label_mask": np.ones(len(exs), np.float32)}
+    return read
+
+
 def iterate(batches: grain.MapDataset, start_step: int = 0, num_steps: int | None = None,
             *, num_threads: int = 0):
     """Yields batches[start_step], batches[start_step + 1], ... .

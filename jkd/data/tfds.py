@@ -139,6 +139,15 @@ def _open_source(name: str, split: str, data_dir: str | None, exclude_classes, f
     return source
 
 
+def train_example_reader(name: str, split: str, *, image_size: int, channels: int, mean, std,
+                         data_dir: str | None = None, exclude_classes=(), field_prefix: str = "config.data"):
+    """read(indices) -> examples of TFDS `name`/`split` by position (pipeline.example_reader), the same
+    positions as the train stream's (exclude_classes left out)."""
+    mean_a, std_a = pipeline.check_preprocessing(image_size, channels, mean, std, field_prefix)
+    source = _open_source(name, split, data_dir, exclude_classes, field_prefix, f"{field_prefix}.train_split")
+    return pipeline.example_reader(source, image_size=image_size, channels=channels, mean=mean_a, std=std_a)
+
+
 def make_tfds_batches(name: str, split: str, *, global_batch_size: int, image_size: int,
                       channels: int, mean, std, seed: int, shuffle: bool,
                       data_dir: str | None = None, process_index: int | None = None,

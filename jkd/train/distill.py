@@ -6,6 +6,8 @@ dist, fm, DeiT distillation token, ViTKD, ViT->ConvNeXt alignment). Several teac
 config.teacher.checkpoint) form an ensemble. config.generations > 1 runs self-distillation
 (born-again networks): generation k+1 learns from generation k, in <workdir>/gen_<k>, each generation
 from its own seed (generation_seed: new init, data order and augmentation draws; in its run.json).
+config.teacher_cache.dir distils from stored teacher outputs instead (FKD; jkd/train/teacher_cache.py):
+teacher_cache.build=True writes the cache and stops; a run without it reads the cache and trains.
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from jkd.config import check_model_entry, check_run
 from jkd.data import make_data, preprocess
 from jkd.errors import ConfigError
 from jkd.models import check_model, parse_model_name
-from jkd.train.loop import fit
-from jkd.train.objectives import build_heads, check_objective_fields, resolve_objective
+from jkd.train import teacher_cache
+from jkd.train.loop import fit, teacher_views
+from jkd.train.objectives import build_heads, check_objective_fields, resolve_augment, resolve_objective
 from jkd.train.state import graphdef_and_shapes
 from jkd.train.supervised import model_spec
 
@@ -108,6 +111,13 @@ def check_config(config) -> None:
                               f"token is a ViT option; {entry.name!r} is not a ViT")
         check_model_entry(entry, config, f"config.students.{name}")
     checks.int_at_least(config, "generations", 1)
+    if config.get("teacher_cache") and config.teacher_cache.dir:
+        if config.teacher_cache.dtype not in teacher_cache.VALUE_DTYPES:
+            raise ConfigError(f"config.teacher_cache.dtype: one of {teacher_cache.VALUE_DTYPES}, "
+                              f"got {config.teacher_cache.dtype!r}")
+        if config.generations > 1:
+            raise ConfigError("config.teacher_cache.dir: self-distillation (config.generations > 1) changes the "
+                              "teacher every generation; one cache cannot serve it")
     if config.generations > 1 and len(config.students) != 1:
         raise ConfigError(f"config.generations: self-distillation over generations trains one student; "
                           f"config.students has {len(config.students)}")
@@ -126,8 +136,20 @@ def _distill_once(config, workdir: str, desc: str) -> dict:
                   for name, entry in config.students.items()}
     heads = {name: h for name in specs
              if (h := build_heads(objectives[name], specs[name], teacher_specs[0], config.seed)) is not None}
+    cache_info = None
+    if config.teacher_cache.dir:  # FKD-style: the teachers' outputs come from a cache (jkd/train/teacher_cache.py)
+        teacher_cache.check_config(config, objectives)
+        augment_cfg = resolve_augment(config.augment, objectives)
+        if config.teacher_cache.build:
+            return teacher_cache.build(config, config.teacher_cache.dir, teachers=tuple(teachers),
+                                       teacher_params=tuple(t[2] for t in teachers),
+                                       teacher_views=teacher_views(config, teachers), data=data,
+                                       augment_cfg=augment_cfg, mesh=mesh, desc=f"{desc} cache")
+        reader, cache_info = teacher_cache.open_reader(config, config.teacher_cache.dir, teachers=tuple(teachers),
+                                                       data=data, augment_cfg=augment_cfg)
+        data = dataclasses.replace(data, train_batch=reader)
     return fit(config, workdir, specs=specs, data=data, teachers=tuple(teachers), objectives=objectives,
-               heads=heads, desc=desc, mesh=mesh)[0]
+               heads=heads, desc=desc, mesh=mesh, cache_info=cache_info)[0]
 
 
 def generation_seed(seed: int, generation: int) -> int:

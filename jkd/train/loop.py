@@ -75,8 +75,14 @@ def guard_nonfinite(step_fn, mode: str):
     return guarded
 
 
+def teacher_views(config, teachers: tuple) -> tuple:
+    """Each teacher's input from the students' images (jkd.data.preprocess.view_fn), None where they agree."""
+    return tuple(preprocess.view_fn(preprocess.data_input(config.data), t[3]) if len(t) > 3 else None
+                 for t in teachers)
+
+
 def compile_steps(config, mesh: Mesh, specs: dict, *, num_classes: int, teachers: tuple = (),
-                  objectives: dict | None = None, heads: dict | None = None) -> CompiledSteps:
+                  objectives: dict | None = None, heads: dict | None = None, cached: bool = False) -> CompiledSteps:
     """The sharded init and the jitted train and eval steps of models {name: ModelSpec} on `mesh`.
 
     teachers: (spec, graphdef, params[, ModelInput]) tuples (params may be ShapeDtypeStructs: only
@@ -87,7 +93,8 @@ def compile_steps(config, mesh: Mesh, specs: dict, *, num_classes: int, teachers
     .augment, .label_smoothing, .nonfinite, .mesh.min_shard_size (and .data.mean/std with a
     teacher's ModelInput). Every model is initialised from config.seed alone, so a KD student and
     its label-only twin trained with the same seed in another run start from identical weights. XLA
-    compiles at the first call.
+    compiles at the first call. cached: the train step reads the teachers' outputs from a teacher cache's
+    batches (make_train_step(cached=True)); the eval step still runs the teachers (agreement, KL).
     """
     heads = heads or {}
     nonfinite = nonfinite_mode(config)
@@ -104,8 +111,7 @@ def compile_steps(config, mesh: Mesh, specs: dict, *, num_classes: int, teachers
     state_sh = sharding.tree_shardings(abstract, mesh, config.mesh.min_shard_size)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, state_sh)
     teacher_graphdefs = tuple(t[1] for t in teachers)
-    teacher_views = tuple(preprocess.view_fn(preprocess.data_input(config.data), t[3]) if len(t) > 3 else None
-                          for t in teachers)
+    views = teacher_views(config, teachers)
     teacher_sh = sharding.tree_shardings(tuple(t[2] for t in teachers), mesh, config.mesh.min_shard_size)
     graphdefs = {name: graphdef_and_shapes(spec)[0] for name, spec in specs.items()}
     step_fn = make_train_step(graphdefs, txs, num_classes=num_classes,
@@ -114,14 +120,14 @@ def compile_steps(config, mesh: Mesh, specs: dict, *, num_classes: int, teachers
                               head_graphdefs={n: g for n, (g, _) in heads.items()},
                               label_smoothing=config.label_smoothing,
                               schedules={n: lr_schedule(config.optimizer, config.steps) for n in specs},
-                              teacher_views=teacher_views)
+                              teacher_views=views, cached=cached)
     batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
     return CompiledSteps(
         init=jax.jit(init_fn, out_shardings=state_sh), abstract_state=abstract, state_shardings=state_sh,
         teacher_shardings=teacher_sh, batch_sharding=batch_sh,
         train_step=jax.jit(guard_nonfinite(step_fn, nonfinite), in_shardings=(state_sh, batch_sh, teacher_sh),
                            out_shardings=(state_sh, repl, repl), donate_argnums=0),
-        eval_step=jax.jit(make_eval_step(graphdefs, teacher_graphdefs, teacher_views),
+        eval_step=jax.jit(make_eval_step(graphdefs, teacher_graphdefs, views),
                           in_shardings=(state_sh.params, batch_sh, teacher_sh), out_shardings=repl))
 
 
@@ -166,17 +172,19 @@ def evaluate(eval_step, params, data, mesh, teacher_params=None) -> dict:
 # ------------------------------------------------------------------------------------ fit
 
 def fit(config, workdir: str, *, specs: dict, data, teachers: tuple = (), objectives: dict | None = None,
-        heads: dict | None = None, desc: str = "train", mesh: Mesh | None = None):
+        heads: dict | None = None, desc: str = "train", mesh: Mesh | None = None, cache_info: dict | None = None):
     """Train models {name: ModelSpec} on `data`, optionally distilling from teachers (a tuple of
     (spec, graphdef, params)) with per-student objectives {name: Objective} and feature-KD heads
     {name: (graphdef, params)}; resume from <workdir>/checkpoints if present.
 
     mesh: the run's device mesh (default: sharding.make_mesh(config.mesh) over every device); a
     trainer that built one to load its teachers passes it, so that a run has one mesh.
+    cache_info: set when data.train_batch reads a teacher cache (teacher_cache.open_reader's info):
+    the train step takes the teachers' outputs from the batches, and the summary records the cache.
     Returns (summary, final TrainState); the summary is also written to <workdir>/summary.json.
     """
     t_start = time.time()
-    mesh, steps = _setup(config, workdir, specs, data, teachers, objectives, heads, mesh)
+    mesh, steps = _setup(config, workdir, specs, data, teachers, objectives, heads, mesh, cached=cache_info is not None)
     manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
     state = checkpoint.restore_latest(manager, steps.abstract_state, data_seed=config.seed)
     resumed_from = None if state is None else int(state.step)
@@ -194,8 +202,8 @@ def fit(config, workdir: str, *, specs: dict, data, teachers: tuple = (), object
     run_log = rundir.open_log(workdir, config)  # the writers replay what _cut_log kept
     try:  # closed also when the non-finite guard stops the run: its event files stay complete
         t_train = time.time()
-        state, skipped = _train(config, workdir, steps, mesh, state, data, teacher_params, manager, desc,
-                                run_log.log)
+        state, skipped, after_first_s = _train(config, workdir, steps, mesh, state, data, teacher_params, manager,
+                                               desc, run_log.log)
         train_seconds = time.time() - t_train
         final = evaluate(steps.eval_step, state.params, data, mesh, teacher_params)
         manager.wait_until_finished()
@@ -207,6 +215,7 @@ def fit(config, workdir: str, *, specs: dict, data, teachers: tuple = (), object
     summary = {
         "workdir": os.path.abspath(workdir), "steps": int(state.step), "resumed_from": resumed_from,
         "wall_time_s": time.time() - t_start, "train_loop_s": train_seconds,
+        "train_loop_after_first_step_s": after_first_s,  # without the step that compiles (evals included)
         "devices": len(mesh.devices.flat), "processes": jax.process_count(), "mesh": dict(mesh.shape),
         "models": {name: {"model": specs[name].name, "params": count_params(steps.abstract_state.params[name]),
                           **{k.split("/")[1]: v for k, v in final.items() if k.startswith(name + "/")}}
@@ -214,6 +223,8 @@ def fit(config, workdir: str, *, specs: dict, data, teachers: tuple = (), object
     }
     if nonfinite_mode(config) == "skip":
         summary["skipped_updates"] = skipped
+    if cache_info is not None:
+        summary["teacher_cache"] = cache_info
     if teachers:
         summary["teacher"] = {"model": "+".join(t[0].name for t in teachers), "params": count_params(teacher_params),
                               "param_bytes_per_device": max(sharding.bytes_per_device(teacher_params).values()),
@@ -222,7 +233,7 @@ def fit(config, workdir: str, *, specs: dict, data, teachers: tuple = (), object
     return summary, state
 
 
-def _setup(config, workdir, specs, data, teachers, objectives, heads, mesh):
+def _setup(config, workdir, specs, data, teachers, objectives, heads, mesh, cached=False):
     """Check the run against the devices and the workdir, build the steps, write run.json:
     (mesh, CompiledSteps). Raises ConfigError before anything is compiled or written."""
     nonfinite_mode(config)
@@ -232,7 +243,7 @@ def _setup(config, workdir, specs, data, teachers, objectives, heads, mesh):
     sharding.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
     checkpoint.check_workdir_compatible(workdir, specs)
     steps = compile_steps(config, mesh, specs, num_classes=data.num_classes, teachers=teachers,
-                          objectives=objectives, heads=heads)
+                          objectives=objectives, heads=heads, cached=cached)
     checkpoint.write_run_info(workdir, {
         "trainer": config.trainer, "models": {k: v.to_json() for k, v in specs.items()},
         "teachers": [t[0].to_json() for t in teachers], "config": json.loads(config.to_json_best_effort()),
@@ -243,7 +254,7 @@ def _setup(config, workdir, specs, data, teachers, objectives, heads, mesh):
 def _train(config, workdir, steps: CompiledSteps, mesh, state, data, teacher_params, manager, desc, log):
     """Steps int(state.step) .. config.steps, logging (log(record): rundir.RunLog.log), evaluating and
     checkpointing on their schedules. Returns (final state, number of updates dropped by
-    config.nonfinite='skip')."""
+    config.nonfinite='skip', seconds from the end of the first (compiling) step to the end)."""
     nonfinite = nonfinite_mode(config)
     bar = tqdm(total=config.steps, initial=int(state.step), desc=desc, dynamic_ncols=True, leave=False,
                disable=not rundir.is_writer() or not config.progress)
@@ -251,10 +262,14 @@ def _train(config, workdir, steps: CompiledSteps, mesh, state, data, teacher_par
     skipped_total = 0
     pending = None  # stop mode: the previous step's (finite, metrics, done), read one step late so that
     # the host never waits for the device between steps; always read before a checkpoint is written.
-    for step in range(int(state.step), config.steps):
+    first, t_first = int(state.step), None
+    for step in range(first, config.steps):
         batch = sharding.put_batch(data.train_batch(step), mesh)
         state, metrics, finite = steps.train_step(state, batch, teacher_params)
         done = step + 1
+        if step == first:
+            jax.block_until_ready(state)
+            t_first = time.time()
         if nonfinite == "stop":
             if pending is not None:
                 _stop_if_nonfinite(*pending, manager, bar, workdir)
@@ -284,7 +299,9 @@ def _train(config, workdir, steps: CompiledSteps, mesh, state, data, teacher_par
             checkpoint.save(manager, state, data_seed=config.seed)
         bar.update(1)
     bar.close()
-    return state, skipped_total + sum(not bool(f) for f in jax.device_get(skipped))
+    jax.block_until_ready(state)
+    after_first = None if t_first is None else time.time() - t_first
+    return state, skipped_total + sum(not bool(f) for f in jax.device_get(skipped)), after_first
 
 
 def _stop_if_nonfinite(finite, metrics, done: int, manager, bar, workdir: str) -> None:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from jkd import losses
-from jkd.data.augment import augment_batch
+from jkd.data.augment import augment_batch, views_from_records
 from jkd.train.objectives import feature_term, kd_term, needs_features
 from jkd.train.state import TrainState, apply_model, model_features
 
@@ -45,7 +45,8 @@ class _Teacher(NamedTuple):
 
 def make_train_step(graphdefs: dict, txs: dict, *, num_classes: int, augment_cfg, objectives: dict | None = None,
                     teacher_graphdefs: tuple = (), head_graphdefs: dict | None = None,
-                    label_smoothing: float = 0.0, schedules: dict | None = None, teacher_views: tuple = ()):
+                    label_smoothing: float = 0.0, schedules: dict | None = None, teacher_views: tuple = (),
+                    cached: bool = False):
     """Build step(state, batch, teacher_params) for students {name: graphdef}.
 
     batch: image [B, H, W, C], label [B] int32, label_mask [B] f32 (1 = label usable by CE).
@@ -53,6 +54,10 @@ def make_train_step(graphdefs: dict, txs: dict, *, num_classes: int, augment_cfg
     aligned with teacher_graphdefs. teacher_views: aligned with them too, each None (the teacher
     takes the students' images) or images -> the teacher's input (jkd.data.preprocess.view_fn);
     () = all None. metrics: {f'{name}/{metric}': scalar}.
+
+    cached: distil from a teacher cache (jkd/train/teacher_cache.py): no teacher forward and no
+    augmentation draw; the batch carries each record's view parameters (box, flip, lam, partner_*)
+    and the teachers' top-k teacher_logp / teacher_classes [B, M, k]; teacher_params are not read.
     """
     names = sorted(graphdefs)
     objectives = objectives or {}
@@ -62,12 +67,16 @@ def make_train_step(graphdefs: dict, txs: dict, *, num_classes: int, augment_cfg
     def step(state: TrainState, batch: dict, teacher_params=()):
         key = jax.random.fold_in(state.rng, state.step)
         aug_key, *model_keys = jax.random.split(key, 1 + 2 * len(names))
-        b = _augmented_batch(aug_key, batch, num_classes=num_classes, augment_cfg=augment_cfg,
-                             label_smoothing=label_smoothing)
         teacher = None
-        if teacher_graphdefs:
-            teacher = _teacher_forward(teacher_graphdefs, teacher_params, b, with_features=teacher_features,
-                                       views=teacher_views)
+        if cached:  # views and teacher outputs from the cache's records
+            b = _cached_batch(batch, num_classes=num_classes, augment_cfg=augment_cfg, label_smoothing=label_smoothing)
+            teacher = _cached_teacher(batch, b, num_classes)
+        else:
+            b = _augmented_batch(aug_key, batch, num_classes=num_classes, augment_cfg=augment_cfg,
+                                 label_smoothing=label_smoothing)
+            if teacher_graphdefs:
+                teacher = _teacher_forward(teacher_graphdefs, teacher_params, b, with_features=teacher_features,
+                                           views=teacher_views)
 
         new_params, new_opt, metrics = dict(state.params), dict(state.opt_state), {}
         for i, name in enumerate(names):
@@ -103,6 +112,35 @@ def _augmented_batch(aug_key, batch: dict, *, num_classes: int, augment_cfg, lab
     return _Batch(images, label_mask, targets, hard_labels)
 
 
+def _cached_batch(batch: dict, *, num_classes: int, augment_cfg, label_smoothing: float) -> _Batch:
+    """The students' views rebuilt from a teacher cache's records (views_from_records: the
+    computation the teacher's views came from) and their CE targets, as _augmented_batch builds them."""
+    mixup = augment_cfg.mixup_alpha > 0
+    images = views_from_records(batch, crop=augment_cfg.crop_scale is not None, flip=bool(augment_cfg.flip),
+                                mixup=mixup)
+    label_probs, label_mask = jax.nn.one_hot(batch["label"], num_classes), batch["label_mask"]
+    if mixup:
+        lam = batch["lam"][:, None]
+        label_probs = lam * label_probs + (1.0 - lam) * jax.nn.one_hot(batch["partner_label"], num_classes)
+        label_mask = label_mask * batch["partner_label_mask"]
+    targets = label_probs * (1.0 - label_smoothing) + label_smoothing / num_classes
+    return _Batch(images, label_mask, targets, jnp.argmax(label_probs, -1))
+
+
+def _cached_teacher(batch: dict, b: _Batch, num_classes: int) -> _Teacher:
+    """The teachers' outputs from the cache: their top-k log-probabilities completed to [M, B, K]
+    (losses.complete_top_k), and the target classes as _teacher_forward makes them."""
+    logits = losses.complete_top_k(batch["teacher_logp"], batch["teacher_classes"], num_classes)
+    probs = _ensemble_probs(logits)
+    return _Teacher(None, logits, probs, _target_classes(b, probs))
+
+
+def _target_classes(b: _Batch, probs: jax.Array) -> jax.Array:
+    """DKD/NKD need a target class for every example [B]: the label where usable, else the teachers'
+    (mean) prediction from probs [B, K]."""
+    return jnp.where(b.label_mask > 0, b.hard_labels, jnp.argmax(probs, -1))
+
+
 def teacher_inputs(images: jax.Array, views: tuple, num_teachers: int) -> list:
     """Each teacher's input from the students' images [B, H, W, C]: views[i](images), or images itself
     where views[i] is None or views is () (then nothing is added to the computation)."""
@@ -122,11 +160,8 @@ def _teacher_forward(teacher_graphdefs: tuple, teacher_params: tuple, b: _Batch,
     teacher_logits = jax.lax.stop_gradient(jnp.stack([  # [M, B, K]
         teacher_out["logits"] if i == 0 and teacher_out is not None else apply_model(g, p, x)
         for i, (g, p, x) in enumerate(zip(teacher_graphdefs, teacher_params, inputs))]))
-    # DKD/NKD need a target class for every example: the label where usable, else the
-    # teachers' (mean) prediction.
     probs = _ensemble_probs(teacher_logits)
-    target_classes = jnp.where(b.label_mask > 0, b.hard_labels, jnp.argmax(probs, -1))
-    return _Teacher(teacher_out, teacher_logits, probs, target_classes)
+    return _Teacher(teacher_out, teacher_logits, probs, _target_classes(b, probs))
 
 
 def _ensemble_probs(teacher_logits: jax.Array) -> jax.Array:
