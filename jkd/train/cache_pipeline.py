@@ -39,8 +39,11 @@ def check_config(config) -> None:
 
 
 def _epoch_seconds(summary: dict, steps_per_epoch: float) -> float:
-    """Train-loop seconds per epoch after the compiling first step (evals and checkpoints included)."""
-    return summary["train_loop_after_first_step_s"] / (summary["steps"] - 1) * steps_per_epoch
+    """Train-loop seconds per epoch after the compiling first step (evals and checkpoints included), over
+    the steps this invocation ran (a resumed run ran fewer); nan when it ran fewer than two."""
+    ran = summary["steps"] - (summary.get("resumed_from") or 0) - 1
+    seconds = summary.get("train_loop_after_first_step_s")
+    return float("nan") if seconds is None or ran < 1 else seconds / ran * steps_per_epoch
 
 
 def results_table(rows: list[dict], students: list[str]) -> str:

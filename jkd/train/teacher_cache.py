@@ -2,13 +2,16 @@
 E draws of augmented views, store per example and draw the view's parameters with the teacher's
 top-k log-probabilities, then distil without a teacher forward.
 
-    config.teacher_cache.dir = "/data/cache"     # the distill trainer builds what is missing, then reads it
-    python -m jkd.main --config configs/teacher_cache.py --workdir /tmp/jkd_cache
+    --config.teacher_cache.dir=/data/cache --config.teacher_cache.build=True   # write it (resumable), stop
+    --config.teacher_cache.dir=/data/cache                                     # distil reading it
+    python -m jkd.main --config configs/teacher_cache.py --workdir /tmp/jkd_cache   # the recipe: both, per k
 
 Consistency (function matching's point): a student never sees a view the teacher did not score.
 Each record holds the example's crop box and flip and, under mixup, its partner's index, crop box,
-flip and lambda; the student's view is rebuilt from them with the same functions the builder used
-(`jkd.data.augment.views_from_records`), so it is bit-identical to the one the teacher saw (tests/test_teacher_cache.py).
+flip and lambda; the student's view is rebuilt from them with the function the builder used
+(`jkd.data.augment.views_from_records`): the same parameters and the same computation, bit-identical
+when computed alone (tests/test_teacher_cache.py); inside the two compiled programs XLA may fuse it
+with different neighbours, so there the two can differ by float rounding.
 
 Layout of config.teacher_cache.dir:
     cache.json                                  what it was built from (fingerprint) and its shape
@@ -21,11 +24,20 @@ process writes its own slice of each batch. Reading concatenates a process's dra
 cycles: step s reads records [s B_local, (s + 1) B_local) modulo their number, so epochs beyond E
 reuse draw 0, 1, ... in the stored order.
 
-KD from top-k (FKD's "marginal smoothing"): the k stored log-probabilities keep their values; the
-remaining mass 1 - sum(top-k) is spread evenly over the other K - k classes. The result is a full
-[K] log-probability vector, so every logit method (hinton at any T, hard, dkd, nkd, dist, fm, DeiT)
-reads it unchanged (softmax is shift-invariant); with k = K it is the teacher's log_softmax.
+KD from top-k (FKD's "marginal smoothing"): the k stored log-probabilities (at T = 1) keep their
+values; the remaining mass 1 - sum(top-k) is spread evenly over the other K - k classes. The result
+is a full [K] log-probability vector that every logit method (hinton, hard, dkd, nkd, dist, fm, DeiT)
+reads like teacher logits; with k = K it is the teacher's log_softmax. At a KD temperature T != 1 the
+method tempers this vector, which differs from FKD (it smooths after tempering at its generation
+temperature, default 1): the tail stays flat, so at T > 1 it holds more mass than the live teacher's
+tempered tail and loses its ranking (K = 10, k = 1: KL to the live target 0.005 at T = 1, 0.044 at
+T = 4 in one example). docs/RESULTS.md measures the accuracy at the quickstart's T = 4.
 Feature KD needs the teacher's intermediates and cannot read a cache.
+
+Several runs may read one cache (students, KD settings); runs of different seeds that read one cache
+share its data order and augmentation draws, so build one cache per seed for seed statistics.
+Multi-process: every process writes and reads its own shards in one directory on a shared
+filesystem (process 0 writes cache.json); a build or read stops on every process when one fails.
 """
 from __future__ import annotations
 
@@ -39,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from jkd import rundir, sharding
@@ -83,7 +96,8 @@ def decode_values(stored: np.ndarray, value_dtype: str) -> np.ndarray:
 
 def params_digest(params) -> str:
     """sha256 of a parameter pytree's bytes (shapes and dtypes included); for teachers split over
-    several hosts, of per-leaf sums rounded to 6 significant digits (what every host can compute)."""
+    several hosts, of per-leaf sums rounded to 6 significant digits (what every host can compute: a
+    weaker check, and a small reduction is compiled for it before the cache is checked)."""
     h = hashlib.sha256()
     for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params)[0], key=lambda kv: str(kv[0])):
         h.update(f"{path}{leaf.shape}{leaf.dtype}".encode())
@@ -93,6 +107,17 @@ def params_digest(params) -> str:
             x = leaf.astype(jnp.float32)
             h.update(" ".join(f"{float(v):.6g}" for v in jax.jit(lambda a: jnp.stack(
                 [a.sum(), (a * a).sum(), jnp.abs(a).max()]))(x)).encode())
+    return h.hexdigest()
+
+
+def examples_digest(data, n: int = 64) -> str:
+    """sha256 of n evenly spaced training examples (preprocessed images and labels) by position: another
+    dataset, data_dir, split, class subset or preprocessing behind the same config fields changes it."""
+    if data.train_examples is None:
+        return ""
+    ex = data.train_examples(np.unique(np.linspace(0, data.num_train - 1, n).astype(np.int64)))
+    h = hashlib.sha256(np.ascontiguousarray(ex["image"], np.float32).tobytes())
+    h.update(np.ascontiguousarray(ex["label"], np.int64).tobytes())
     return h.hexdigest()
 
 
@@ -106,7 +131,8 @@ def fingerprint(config, teachers: tuple, data, augment_cfg) -> dict:
                       "params_sha256": params_digest(t[2])} for t in teachers],
         "data": {"name": d.name, "train_split": d.get("train_split", "train"), "image_size": int(d.image_size),
                  "channels": int(d.channels), "mean": repr(d.mean), "std": repr(d.std),
-                 "exclude_classes": [int(c) for c in data.excluded_classes], "num_train": int(data.num_train)},
+                 "exclude_classes": [int(c) for c in data.excluded_classes], "num_train": int(data.num_train),
+                 "examples_sha256": examples_digest(data)},
         "augment": {"crop_scale": None if augment_cfg.crop_scale is None else [float(v) for v in augment_cfg.crop_scale],
                     "flip": bool(augment_cfg.flip), "mixup_alpha": float(augment_cfg.mixup_alpha)},
         "num_classes": int(data.num_classes),
@@ -279,11 +305,17 @@ def make_teacher_topk(teacher_graphdefs: tuple, teacher_views: tuple, *, k: int,
 _jit_draw_views = jax.jit(draw_views, static_argnums=(1, 2, 3), static_argnames=("crop_scale", "flip", "mixup_alpha"))
 
 
-def draw_records(shape: dict, draw: int, batch_index: int, data, augment_cfg) -> dict:
+def draw_permutation(shape: dict, draw: int, num_train: int) -> np.ndarray:
+    """The order draw `draw` visits the training examples in: a permutation [num_train] of (seed, draw)."""
+    return np.random.default_rng([shape["seed"], draw]).permutation(num_train)
+
+
+def draw_records(shape: dict, draw: int, batch_index: int, data, augment_cfg, perm: np.ndarray | None = None) -> dict:
     """The global batch `batch_index` of draw `draw`: example indices [B], and its view parameters
-    (draw_views from a key of (seed, draw, batch)) as record fields [B] (partner fields by position)."""
+    (draw_views from a key of (seed, draw, batch)) as record fields [B] (partner fields by position).
+    perm: draw_permutation(shape, draw, data.num_train), when the caller holds it."""
     b = shape["batch_size"]
-    perm = np.random.default_rng([shape["seed"], draw]).permutation(data.num_train)
+    perm = draw_permutation(shape, draw, data.num_train) if perm is None else perm
     index = perm[batch_index * b:(batch_index + 1) * b]
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(shape["seed"]), draw), batch_index)
     h, w, _ = data.image_shape
@@ -319,37 +351,44 @@ def build(config, cache_dir: str, *, teachers: tuple, teacher_params, teacher_vi
     if data.train_examples is None:
         raise ConfigError(f"config.teacher_cache.dir: data {config.data.name!r} cannot be read by example index")
     manifest = check_manifest(cache_dir, expected, shape)
+    os.makedirs(cache_dir, exist_ok=True)  # every process writes its shards here (a shared filesystem)
     if not manifest:
         manifest = {"version": CACHE_VERSION, "fingerprint": expected, "shape": shape}
-        if rundir.is_writer():
-            os.makedirs(cache_dir, exist_ok=True)
-            rundir.write_json(cache_dir, "cache.json", manifest)
+        if rundir.is_writer():  # atomic: a kill never leaves a half-written cache.json
+            rundir.write_json(cache_dir, "cache.json.tmp", manifest)
+            os.replace(os.path.join(cache_dir, "cache.json.tmp"), os.path.join(cache_dir, "cache.json"))
     p_idx, p_cnt = jax.process_index(), jax.process_count()
     b_local = shape["batch_size"] // p_cnt
     local = slice(p_idx * b_local, (p_idx + 1) * b_local)
     k, value_dtype = expected["top_k"], expected["dtype"]
     dtype = record_dtype(len(teachers), k, value_dtype, expected["num_classes"])
     mixup = augment_cfg.mixup_alpha > 0
+    batch_sh = sharding.batch_sharding(mesh)
     topk = jax.jit(make_teacher_topk(tuple(t[1] for t in teachers), teacher_views, k=k,
-                                     crop=augment_cfg.crop_scale is not None, flip=bool(augment_cfg.flip), mixup=mixup))
+                                     crop=augment_cfg.crop_scale is not None, flip=bool(augment_cfg.flip), mixup=mixup),
+                   out_shardings=(batch_sh, batch_sh))
     per_shard = shape["batches_per_draw"] * b_local
-    todo = [e for e in range(shape["draws"])
-            if not shard_complete(os.path.join(cache_dir, shard_name(e, p_idx, p_cnt)), per_shard)]
+    done = np.array([shard_complete(os.path.join(cache_dir, shard_name(e, p_idx, p_cnt)), per_shard)
+                     for e in range(shape["draws"])])
+    # every process runs the teacher on every batch it redoes (collectives): redo a draw that any lacks
+    done = multihost_utils.process_allgather(done).reshape(p_cnt, -1).all(0) if p_cnt > 1 else done
+    todo = [e for e in range(shape["draws"]) if not done[e]]
     bar = tqdm(total=len(todo) * shape["batches_per_draw"], desc=desc, dynamic_ncols=True, leave=False,
                disable=not rundir.is_writer() or not config.progress)
-    from jax.experimental import multihost_utils
-
     for e in todo:
         t0, records = time.time(), []
+        perm = draw_permutation(shape, e, data.num_train)
         for j in range(shape["batches_per_draw"]):
-            fields = {n: v[local] for n, v in draw_records(shape, e, j, data, augment_cfg).items()}
+            fields = {n: v[local] for n, v in draw_records(shape, e, j, data, augment_cfg, perm).items()}
             batch = sharding.put_batch(records_batch(fields, data, mixup=mixup), mesh)
-            values, classes = multihost_utils.process_allgather(topk(teacher_params, batch), tiled=True)
+            # this process's rows, in the order put_batch assembled them
+            values, classes = (np.asarray(x) for x in multihost_utils.global_array_to_host_local_array(
+                topk(teacher_params, batch), mesh, (batch_sh.spec, batch_sh.spec)))
             rec = np.zeros(b_local, dtype)
             for name in ("index", "partner", "box", "partner_box", "flip", "partner_flip", "lam"):
                 rec[name] = fields[name]
-            rec["logp"] = encode_values(np.asarray(values)[local], value_dtype)
-            rec["classes"] = np.asarray(classes)[local]
+            rec["logp"] = encode_values(values, value_dtype)
+            rec["classes"] = classes
             records += [r.tobytes() for r in rec]
             bar.update(1)
         write_shard(os.path.join(cache_dir, shard_name(e, p_idx, p_cnt)), records, time.time() - t0)
@@ -387,13 +426,24 @@ def open_reader(config, cache_dir: str, *, teachers: tuple, data, augment_cfg):
     manifest = check_manifest(cache_dir, expected)
     if not manifest:
         raise ConfigError(f"config.teacher_cache.dir: {cache_dir} holds no cache (no cache.json); build it first "
-                          f"(teacher_cache.build=True, or a run with teacher_cache.dir set builds what is missing)")
+                          f"with the same config and --config.teacher_cache.build=True")
     shape = manifest["shape"]
     p_idx, p_cnt = jax.process_index(), jax.process_count()
     per_shard = shape["batches_per_draw"] * (shape["batch_size"] // p_cnt)
     paths = [os.path.join(cache_dir, shard_name(e, p_idx, p_cnt)) for e in range(shape["draws"])]
-    for path in paths:
-        verify_shard(path, per_shard)
+    problem = None
+    try:
+        for path in paths:
+            verify_shard(path, per_shard)
+    except ConfigError as e:
+        problem = e
+    if p_cnt > 1:  # one process's bad shard stops every process (not a hang at the first collective)
+        bad = multihost_utils.process_allgather(np.array([problem is not None])).reshape(-1)
+        if problem is None and bad.any():
+            raise ConfigError(f"config.teacher_cache.dir: processes {np.flatnonzero(bad).tolist()} found a missing, "
+                              f"unfinished or corrupt shard (their error names it)")
+    if problem is not None:
+        raise problem
     source = grain.sources.ArrayRecordDataSource(paths)
     total, b_local = len(source), config.batch_size // p_cnt
     value_dtype = expected["dtype"]
