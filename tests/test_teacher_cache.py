@@ -14,7 +14,7 @@ from jkd.data.augment import draw_views, views_from_records
 from jkd.config import base_config, model_config
 from jkd.data import make_data
 from jkd.errors import ConfigError
-from jkd.train import teacher_cache
+from jkd.train import cache_format, teacher_cache
 from jkd.train.distill import load_teachers
 from jkd.train.loop import compile_steps, teacher_views
 from jkd.train.objectives import resolve_augment, resolve_objective
@@ -156,7 +156,7 @@ def test_topk_completion():
 def test_values_round_trip_in_every_dtype():
     x = np.array([[-0.01, -2.5, -30.0]], np.float32)
     for dtype, tol in (("float32", 0), ("float16", 1e-3), ("bfloat16", 8e-3)):
-        back = teacher_cache.decode_values(teacher_cache.encode_values(x, dtype), dtype)
+        back = cache_format.decode_values(cache_format.encode_values(x, dtype), dtype)
         np.testing.assert_allclose(back, x, rtol=tol)
 
 
@@ -200,8 +200,8 @@ def test_a_wrong_missing_unfinished_or_corrupt_cache_is_refused(teachers, tmp_pa
     bad.teacher_cache.build, bad.teacher_cache.seed = True, 7
     refused(bad, r"teacher_cache\.seed \(cache: 0, this run: 7\)")
 
-    shard = os.path.join(cache, teacher_cache.shard_name(1, 0, 1))
-    first = os.path.join(cache, teacher_cache.shard_name(0, 0, 1))
+    shard = os.path.join(cache, cache_format.shard_name(1, 0, 1))
+    first = os.path.join(cache, cache_format.shard_name(0, 0, 1))
     kept = open(shard, "rb").read()
     with open(shard, "r+b") as f:  # one flipped byte
         f.seek(len(kept) // 2)
@@ -226,9 +226,9 @@ def test_a_full_disk_leaves_no_finished_looking_shard(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(OSError, match="No space"):
-        teacher_cache.write_shard(path, records())
+        cache_format.write_shard(path, records())
     assert not os.path.exists(path) and not os.path.exists(path + ".json")
-    assert not teacher_cache.shard_complete(path, 1)
-    teacher_cache.write_shard(path, [b"x" * 70])  # the rerun writes it
-    assert teacher_cache.shard_complete(path, 1)
+    assert not cache_format.shard_complete(path, 1)
+    cache_format.write_shard(path, [b"x" * 70])  # the rerun writes it
+    assert cache_format.shard_complete(path, 1)
     shutil.rmtree(tmp_path)

@@ -22,6 +22,7 @@ from jkd.data import make_data, preprocess
 from jkd.errors import ConfigError
 from jkd.models import check_model, parse_model_name
 from jkd.train import teacher_cache
+from jkd.train.cache_format import VALUE_DTYPES
 from jkd.train.loop import fit, teacher_views
 from jkd.train.objectives import build_heads, check_objective_fields, resolve_augment, resolve_objective
 from jkd.train.state import graphdef_and_shapes
@@ -112,8 +113,8 @@ def check_config(config) -> None:
         check_model_entry(entry, config, f"config.students.{name}")
     checks.int_at_least(config, "generations", 1)
     if config.get("teacher_cache") and config.teacher_cache.dir:
-        if config.teacher_cache.dtype not in teacher_cache.VALUE_DTYPES:
-            raise ConfigError(f"config.teacher_cache.dtype: one of {teacher_cache.VALUE_DTYPES}, "
+        if config.teacher_cache.dtype not in VALUE_DTYPES:
+            raise ConfigError(f"config.teacher_cache.dtype: one of {VALUE_DTYPES}, "
                               f"got {config.teacher_cache.dtype!r}")
         if config.generations > 1:
             raise ConfigError("config.teacher_cache.dir: self-distillation (config.generations > 1) changes the "
